@@ -1,0 +1,3 @@
+"""kata-pulse: Kata Containers guest metrics as cAdvisor-compatible Prometheus metrics."""
+
+__version__ = "0.1.0"
