@@ -191,4 +191,3 @@ class Labels:
         if pod is None:
             return Labels(sandbox_id)
         return Labels(sandbox_id, pod.name, pod.namespace, pod.uid)
-
