@@ -228,16 +228,24 @@ def _describe(option: _Option) -> str:
     return f"{option.help}{env}{default}"
 
 
-def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
+def add_agent_arguments(parser: argparse.ArgumentParser, *, subcommand: bool = False) -> None:
+    """Add every agent option.
+
+    On a subcommand's parser an option that is not given must not overwrite the same option
+    given before the subcommand, hence SUPPRESS as its default there.
+    """
+    default = argparse.SUPPRESS if subcommand else None
     for option in OPTIONS:
         if option.flag == "--log-json":
             parser.add_argument(
-                option.flag, action="store_true", default=None, help=_describe(option)
+                option.flag, action="store_true", default=default, help=_describe(option)
             )
         elif option.repeatable:
-            parser.add_argument(option.flag, action="append", help=_describe(option))
+            parser.add_argument(
+                option.flag, action="append", default=default, help=_describe(option)
+            )
         else:
-            parser.add_argument(option.flag, help=_describe(option))
+            parser.add_argument(option.flag, default=default, help=_describe(option))
 
 
 T = TypeVar("T")
@@ -266,15 +274,14 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
             source[option.flag] = "RUST_LOG"
         else:
             source[option.flag] = option.env or option.flag
-        if env_value is not None and env_value != "":
-            if option.repeatable:
-                separator = "," if option.flag == "--ws-allowed-origin" else ":"
-                raw[option.flag] = [part for part in env_value.split(separator) if part]
-            else:
-                raw[option.flag] = env_value
-        else:
-            raw[option.flag] = option.default
+        text = env_value if env_value else option.default
+        if not env_value:
             source[option.flag] = option.flag
+        if option.repeatable and text is not None:
+            separator = "," if option.flag == "--ws-allowed-origin" else ":"
+            raw[option.flag] = [part for part in text.split(separator) if part]
+        else:
+            raw[option.flag] = text
 
     def get(flag: str, convert: Callable[[str], T]) -> T:
         value = raw[flag]

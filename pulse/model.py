@@ -10,6 +10,10 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pulse.pipeline import BodyDigest
 
 
 class RuntimeKind(enum.StrEnum):
@@ -121,14 +125,17 @@ class InitialScanDone:
 @dataclass(frozen=True, slots=True)
 class ScrapeSucceeded:
     sandbox_id: str
+    generation: int  # which StartCollecting this collector was started by
     wall_time: float  # unix seconds when the response was complete
     duration: float  # seconds the collection took
     body: bytes
+    digest: BodyDigest
 
 
 @dataclass(frozen=True, slots=True)
 class ScrapeFailed:
     sandbox_id: str
+    generation: int
     wall_time: float
     duration: float
     reason: ScrapeFailure
@@ -167,6 +174,9 @@ CacheMessage = (
 class StartCollecting:
     sandbox_id: str
     socket_path: Path
+    # Results carry it back, so the cache owner can tell a stale result of a stopped collector
+    # from one of the collector that replaced it.
+    generation: int
 
 
 @dataclass(frozen=True, slots=True)

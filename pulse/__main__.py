@@ -1,0 +1,5 @@
+import sys
+
+from pulse.cli import main
+
+sys.exit(main())

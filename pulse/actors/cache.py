@@ -1,0 +1,406 @@
+"""The cache owner: the one actor that owns the agent's state.
+
+It receives every fact from the other actors as a message, decides what follows from it
+(start or stop a collector, nudge the CRI syncer, render a sandbox's output), and publishes an
+immutable Snapshot after each change. Nothing else writes any of this state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import trio
+
+from pulse.actors.collector import SHIM_SOCKET
+from pulse.config import Config
+from pulse.logs import get_logger
+from pulse.model import (
+    CacheMessage,
+    CriSnapshot,
+    CriSynced,
+    CriSyncFailed,
+    InitialScanDone,
+    PodMeta,
+    SandboxAppeared,
+    SandboxGone,
+    SandboxState,
+    ScrapeFailed,
+    ScrapeFailure,
+    ScrapeSucceeded,
+    StartCollecting,
+    StopCollecting,
+    SupervisorMessage,
+)
+from pulse.pipeline import BodyDigest, Renderer, SandboxRendering
+from pulse.selfmetrics import render_sandbox_own
+from pulse.snapshot import (
+    AgentCounters,
+    Board,
+    Change,
+    ChangeKind,
+    CriStatus,
+    SandboxView,
+    Snapshot,
+)
+
+log = get_logger("cache")
+
+
+@dataclass(slots=True)
+class _Entry:
+    """Per-sandbox bookkeeping that only the cache owner sees (mutable, never shared)."""
+
+    view: SandboxView
+    generation: int = 0  # of the running collector; 0 while none runs
+    success_clock: float | None = None  # trio clock of the last good scrape, for staleness
+    digest: BodyDigest | None = None
+    rendering: SandboxRendering | None = None
+    failing: bool = False
+
+
+@dataclass(slots=True)
+class _State:
+    started_at: float
+    cri: CriStatus
+    entries: dict[str, _Entry] = field(default_factory=dict)
+    pods: dict[str, PodMeta] = field(default_factory=dict)
+    counters: AgentCounters = field(default_factory=AgentCounters)
+    scan_done: bool = False
+    cri_synced_once: bool = False
+    version: int = 0
+    generations: int = 0
+    changes: list[Change] = field(default_factory=list)
+
+
+class CacheOwner:
+    """Holds the state and turns messages into state changes, commands and snapshots."""
+
+    def __init__(
+        self,
+        config: Config,
+        board: Board[Snapshot],
+        to_supervisor: trio.MemorySendChannel[SupervisorMessage],
+        cri_nudges: trio.MemorySendChannel[None],
+        started_at: float,
+    ) -> None:
+        self._config = config
+        self._board = board
+        self._to_supervisor = to_supervisor
+        self._cri_nudges = cri_nudges
+        self._renderer = Renderer(config)
+        self._state = _State(started_at=started_at, cri=CriStatus(str(config.runtime_endpoint)))
+
+    def _update(self, entry: _Entry, **changes: object) -> None:
+        """Replace the entry's view; its kata_pulse_sandbox_* lines follow every change."""
+        view = entry.view.with_changes(**changes)
+        entry.view = view.with_changes(own=render_sandbox_own(view))
+
+    # --- the actor loop ---
+
+    async def run(self, inbox: trio.MemoryReceiveChannel[CacheMessage]) -> None:
+        while True:
+            message: CacheMessage | None = None
+            with trio.move_on_at(self._next_expiry()):
+                try:
+                    message = await inbox.receive()
+                except trio.EndOfChannel:
+                    return
+            if message is not None:
+                await self.handle(message)
+            self._expire_stale()
+            self._publish_if_changed()
+
+    async def handle(self, message: CacheMessage) -> None:
+        if isinstance(message, ScrapeSucceeded):
+            self._scrape_succeeded(message)
+        elif isinstance(message, ScrapeFailed):
+            self._scrape_failed(message)
+        elif isinstance(message, SandboxAppeared):
+            await self._appeared(message)
+        elif isinstance(message, SandboxGone):
+            await self._gone(message)
+        elif isinstance(message, CriSynced):
+            await self._cri_synced(message)
+        elif isinstance(message, CriSyncFailed):
+            self._cri_failed(message)
+        elif isinstance(message, InitialScanDone):
+            self._state.scan_done = True
+            self._state.changes.append(Change(ChangeKind.UPDATED, ""))
+
+    # --- sandboxes coming and going ---
+
+    def _exclusion(self, sandbox_id: str) -> SandboxState | None:
+        """EXCLUDED or AWAITING_CRI when the sandbox must not be scraped (yet), else None."""
+        pattern = self._config.exclude_runtime_handler
+        if pattern is None:
+            return None
+        pod = self._state.pods.get(sandbox_id)
+        if pod is None:
+            # Scraping some shims kills them (kata #13708): never scrape before we know better.
+            return SandboxState.AWAITING_CRI
+        if pattern.search(pod.runtime_handler):
+            return SandboxState.EXCLUDED
+        return None
+
+    async def _appeared(self, message: SandboxAppeared) -> None:
+        state = self._state
+        entry = state.entries.get(message.sandbox_id)
+        if entry is None:
+            view = SandboxView(
+                sandbox_id=message.sandbox_id,
+                root=message.root,
+                kind=message.kind,
+                state=SandboxState.PENDING,
+                discovered_at=time.time(),
+                pod=state.pods.get(message.sandbox_id),
+            )
+            entry = _Entry(view.with_changes(own=render_sandbox_own(view)))
+            state.entries[message.sandbox_id] = entry
+            state.counters = replace(
+                state.counters, sandboxes_seen_total=state.counters.sandboxes_seen_total + 1
+            )
+            state.changes.append(Change(ChangeKind.APPEARED, message.sandbox_id))
+            log.info(
+                "sandbox discovered",
+                sandbox_id=message.sandbox_id,
+                root=message.root,
+                runtime=message.kind,
+            )
+            self._nudge_cri()
+        else:
+            # The same sandbox now lives under another root: collect from there.
+            self._update(entry, root=message.root, kind=message.kind)
+            state.changes.append(Change(ChangeKind.UPDATED, message.sandbox_id))
+        await self._apply_collection_policy(entry, restart=True)
+
+    async def _gone(self, message: SandboxGone) -> None:
+        entry = self._state.entries.pop(message.sandbox_id, None)
+        if entry is None:
+            return
+        if entry.generation:
+            await self._to_supervisor.send(StopCollecting(message.sandbox_id))
+        self._state.changes.append(Change(ChangeKind.GONE, message.sandbox_id))
+        log.info("sandbox removed", sandbox_id=message.sandbox_id, root=message.root)
+
+    async def _apply_collection_policy(self, entry: _Entry, *, restart: bool = False) -> None:
+        """Start or stop the sandbox's collector so that it matches the exclusion policy."""
+        sandbox_id = entry.view.sandbox_id
+        blocked = self._exclusion(sandbox_id)
+        if blocked is not None:
+            if entry.generation:
+                await self._to_supervisor.send(StopCollecting(sandbox_id))
+                entry.generation = 0
+                self._drop_data(entry)
+            if entry.view.state is not blocked:
+                if blocked is SandboxState.EXCLUDED:
+                    log.info(
+                        "sandbox excluded from scraping",
+                        sandbox_id=sandbox_id,
+                        runtime_handler=entry.view.pod.runtime_handler if entry.view.pod else "",
+                    )
+                self._update(entry, state=blocked)
+            return
+        if entry.generation and not restart:
+            return
+        self._state.generations += 1
+        entry.generation = self._state.generations
+        if entry.view.state in (SandboxState.EXCLUDED, SandboxState.AWAITING_CRI):
+            self._update(entry, state=SandboxState.PENDING)
+        socket_path = Path(entry.view.root, sandbox_id, SHIM_SOCKET)
+        await self._to_supervisor.send(StartCollecting(sandbox_id, socket_path, entry.generation))
+
+    def _nudge_cri(self) -> None:
+        try:
+            self._cri_nudges.send_nowait(None)
+        except trio.WouldBlock:
+            pass  # a nudge is already pending: the syncer will see this sandbox too
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    # --- scrape results ---
+
+    def _current_entry(self, sandbox_id: str, generation: int) -> _Entry | None:
+        entry = self._state.entries.get(sandbox_id)
+        if entry is None or entry.generation != generation:
+            return None  # a result of a collector that was stopped after it sent it
+        return entry
+
+    def _scrape_succeeded(self, message: ScrapeSucceeded) -> None:
+        entry = self._current_entry(message.sandbox_id, message.generation)
+        if entry is None:
+            return
+        counters = self._state.counters
+        self._state.counters = replace(
+            counters,
+            scrape_seconds=counters.scrape_seconds.observe(message.duration),
+            parse_errors_total=counters.parse_errors_total + message.digest.malformed_lines,
+        )
+        if entry.failing:
+            log.info("sandbox scrapes recovered", sandbox_id=message.sandbox_id)
+        entry.failing = False
+        if message.digest.malformed_lines:
+            log.debug(
+                "malformed lines skipped",
+                sandbox_id=message.sandbox_id,
+                count=message.digest.malformed_lines,
+                first=message.digest.first_error,
+            )
+        entry.digest = message.digest
+        entry.success_clock = trio.current_time()
+        view = entry.view.with_changes(
+            state=SandboxState.UP,
+            last_success=message.wall_time,
+            last_attempt=message.wall_time,
+            last_duration=message.duration,
+            last_error=None,
+            last_error_reason=None,
+            scrapes_total=entry.view.scrapes_total + 1,
+            malformed_lines=message.digest.malformed_lines,
+            raw_body=message.body,
+        )
+        rendering = self._renderer.render(view, message.digest, entry.rendering)
+        if rendering.cpu_unit and (entry.rendering is None or not entry.rendering.cpu_unit):
+            log.info("guest cpu time unit", sandbox_id=view.sandbox_id, unit=rendering.cpu_unit)
+        entry.rendering = rendering
+        entry.view = rendering.apply(view)
+        self._update(entry)
+        self._state.changes.append(Change(ChangeKind.UPDATED, message.sandbox_id))
+
+    def _scrape_failed(self, message: ScrapeFailed) -> None:
+        entry = self._current_entry(message.sandbox_id, message.generation)
+        if entry is None:
+            return
+        counters = self._state.counters
+        failures = dict(counters.scrape_failures)
+        failures[message.reason] = failures.get(message.reason, 0) + 1
+        self._state.counters = replace(
+            counters,
+            scrape_failures=failures,
+            scrape_seconds=counters.scrape_seconds.observe(message.duration),
+        )
+        if not entry.failing:
+            # One line per transition into failure; the sandbox's state carries the rest.
+            quiet = message.reason is ScrapeFailure.NO_SOCKET and not entry.view.scrapes_total
+            (log.debug if quiet else log.warning)(
+                "sandbox scrape failed",
+                sandbox_id=message.sandbox_id,
+                reason=message.reason,
+                error=message.detail,
+            )
+        entry.failing = True
+        fresh = entry.success_clock is not None and not self._is_stale(entry.success_clock)
+        self._update(
+            entry,
+            state=SandboxState.DEGRADED if fresh else SandboxState.DOWN,
+            last_attempt=message.wall_time,
+            last_duration=message.duration,
+            last_error=message.detail,
+            last_error_reason=message.reason,
+            scrapes_total=entry.view.scrapes_total + 1,
+            failures_total=entry.view.failures_total + 1,
+        )
+        if not fresh:
+            self._drop_data(entry)
+        self._state.changes.append(Change(ChangeKind.UPDATED, message.sandbox_id))
+
+    # --- staleness ---
+
+    def _is_stale(self, success_clock: float) -> bool:
+        return trio.current_time() - success_clock > self._config.stale_after
+
+    def _next_expiry(self) -> float:
+        deadlines = [
+            entry.success_clock + self._config.stale_after
+            for entry in self._state.entries.values()
+            if entry.failing and entry.success_clock is not None and entry.view.has_data
+        ]
+        return min(deadlines, default=math.inf)
+
+    def _expire_stale(self) -> None:
+        for entry in self._state.entries.values():
+            if (
+                entry.failing
+                and entry.view.has_data
+                and entry.success_clock is not None
+                and self._is_stale(entry.success_clock)
+            ):
+                log.info(
+                    "dropping stale data",
+                    sandbox_id=entry.view.sandbox_id,
+                    age=round(trio.current_time() - entry.success_clock, 3),
+                )
+                self._update(entry, state=SandboxState.DOWN)
+                self._drop_data(entry)
+                self._state.changes.append(Change(ChangeKind.UPDATED, entry.view.sandbox_id))
+
+    def _drop_data(self, entry: _Entry) -> None:
+        entry.digest = None
+        self._update(entry, raw_body=None, cadvisor={})
+
+    # --- CRI ---
+
+    async def _cri_synced(self, message: CriSynced) -> None:
+        state = self._state
+        snapshot: CriSnapshot = message.snapshot
+        cri = state.cri
+        if not cri.up and cri.syncs_total:
+            log.info("cri sync recovered", endpoint=cri.endpoint)
+        state.cri = replace(
+            cri,
+            up=True,
+            last_success=message.wall_time,
+            last_error=None,
+            syncs_total=cri.syncs_total + 1,
+            sync_seconds=cri.sync_seconds.observe(message.duration),
+            runtime_name=snapshot.runtime_name,
+            runtime_version=snapshot.runtime_version,
+        )
+        state.cri_synced_once = True
+        old_pods, state.pods = state.pods, dict(snapshot.pods)
+        for sandbox_id, entry in state.entries.items():
+            pod = state.pods.get(sandbox_id)
+            if pod == old_pods.get(sandbox_id) and pod == entry.view.pod:
+                continue
+            self._update(entry, pod=pod)
+            if entry.digest is not None and entry.rendering is not None:
+                entry.rendering = self._renderer.rerender(entry.view, entry.digest, entry.rendering)
+                entry.view = entry.rendering.apply(entry.view)
+            await self._apply_collection_policy(entry)
+            state.changes.append(Change(ChangeKind.UPDATED, sandbox_id))
+
+    def _cri_failed(self, message: CriSyncFailed) -> None:
+        cri = self._state.cri
+        self._state.cri = replace(
+            cri,
+            up=False,
+            last_error=message.error,
+            sync_errors_total=cri.sync_errors_total + 1,
+            sync_seconds=cri.sync_seconds.observe(message.duration),
+        )
+        self._state.changes.append(Change(ChangeKind.UPDATED, ""))
+
+    # --- publication ---
+
+    def _publish_if_changed(self) -> None:
+        state = self._state
+        if not state.changes and state.version:
+            return
+        state.version += 1
+        self._board.publish(
+            Snapshot(
+                version=state.version,
+                started_at=state.started_at,
+                scan_done=state.scan_done,
+                sandboxes={sid: state.entries[sid].view for sid in sorted(state.entries)},
+                cri=state.cri,
+                counters=state.counters,
+                changes=tuple(state.changes),
+            )
+        )
+        state.changes = []
+
+    def publish_initial(self) -> None:
+        self._publish_if_changed()

@@ -1,0 +1,145 @@
+"""Collector actors: one task per sandbox scraping its shim, and the supervisor that owns them.
+
+The supervisor runs every collector in its own nursery and keeps one cancel scope per sandbox.
+The cache owner tells it which sandboxes to collect (StartCollecting / StopCollecting); stopping
+cancels the collector's scope, so no collection of a gone sandbox outlives it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from pulse.logs import get_logger
+from pulse.model import (
+    CacheMessage,
+    ScrapeFailed,
+    ScrapeFailure,
+    ScrapeSucceeded,
+    StartCollecting,
+    StopCollecting,
+    SupervisorMessage,
+)
+from pulse.pipeline import digest_body
+from pulse.shim_client import ShimError, fetch
+
+log = get_logger("collector")
+
+SHIM_SOCKET = "shim-monitor.sock"
+METRICS_PATH = "/metrics"
+# A socket that is not there yet is retried quickly at first, so that metrics show up within
+# about a second of the shim starting, then less often for a shim that never comes up.
+SOCKET_RETRY_FIRST = 0.05
+SOCKET_RETRY_MAX = 1.0
+JITTER = 0.1  # each interval is stretched or shrunk by up to 10% so collections drift apart
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorSettings:
+    interval: float
+    timeout: float
+    max_body: int
+
+
+async def collect_once(
+    sandbox_id: str, generation: int, socket_path: Path, settings: CollectorSettings
+) -> ScrapeSucceeded | ScrapeFailed:
+    """Fetch and digest one shim body; the digest is parsed here, in the collector's task."""
+    started = trio.current_time()
+    body: bytes | None = None
+    try:
+        with trio.move_on_after(settings.timeout):
+            body = await fetch(socket_path, METRICS_PATH, max_body=settings.max_body)
+    except ShimError as err:
+        elapsed = trio.current_time() - started
+        return ScrapeFailed(sandbox_id, generation, time.time(), elapsed, err.reason, err.detail)
+    if body is None:
+        elapsed = trio.current_time() - started
+        detail = f"no complete response within {settings.timeout:g}s"
+        return ScrapeFailed(
+            sandbox_id, generation, time.time(), elapsed, ScrapeFailure.TIMEOUT, detail
+        )
+    digest = digest_body(body)
+    elapsed = trio.current_time() - started
+    if digest.samples == 0:
+        detail = digest.first_error or "no samples in the body"
+        return ScrapeFailed(
+            sandbox_id, generation, time.time(), elapsed, ScrapeFailure.UNPARSEABLE, detail
+        )
+    return ScrapeSucceeded(sandbox_id, generation, time.time(), elapsed, body, digest)
+
+
+async def run_collector(
+    sandbox_id: str,
+    generation: int,
+    socket_path: Path,
+    settings: CollectorSettings,
+    to_cache: trio.MemorySendChannel[CacheMessage],
+    rng: random.Random,
+) -> None:
+    """Collect one sandbox until cancelled: at once, then every interval (with jitter)."""
+    retry_delay = SOCKET_RETRY_FIRST
+    reported_missing = False
+    # The second collection lands at a random phase of the interval, so sandboxes discovered
+    # together (at start, or in a burst) spread out instead of firing in lockstep forever.
+    next_delay = rng.uniform(0.0, settings.interval)
+    while True:
+        result = await collect_once(sandbox_id, generation, socket_path, settings)
+        if isinstance(result, ScrapeFailed) and result.reason is ScrapeFailure.NO_SOCKET:
+            # Report the missing socket once, not on every retry.
+            if not reported_missing:
+                reported_missing = True
+                await to_cache.send(result)
+            await trio.sleep(retry_delay)
+            retry_delay = min(retry_delay * 2, SOCKET_RETRY_MAX)
+            continue
+        reported_missing = False
+        retry_delay = SOCKET_RETRY_FIRST
+        await to_cache.send(result)
+        await trio.sleep(next_delay)
+        next_delay = settings.interval * rng.uniform(1 - JITTER, 1 + JITTER)
+
+
+async def run_supervisor(
+    settings: CollectorSettings,
+    commands: trio.MemoryReceiveChannel[SupervisorMessage],
+    to_cache: trio.MemorySendChannel[CacheMessage],
+    *,
+    seed: int | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Start and cancel collectors as the cache owner commands."""
+    rng = random.Random(seed)
+    scopes: dict[str, trio.CancelScope] = {}
+
+    async def collector(command: StartCollecting, scope: trio.CancelScope) -> None:
+        sandbox_id = command.sandbox_id
+        with scope:
+            await run_collector(
+                sandbox_id, command.generation, command.socket_path, settings, to_cache, rng
+            )
+        # Only forget the scope if it is still ours: a restart may have replaced it already.
+        if scopes.get(sandbox_id) is scope:
+            del scopes[sandbox_id]
+
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        async for command in commands:
+            if isinstance(command, StartCollecting):
+                previous = scopes.get(command.sandbox_id)
+                if previous is not None:
+                    previous.cancel()
+                scope = trio.CancelScope()
+                scopes[command.sandbox_id] = scope
+                nursery.start_soon(
+                    collector, command, scope, name=f"collector:{command.sandbox_id[:12]}"
+                )
+            elif isinstance(command, StopCollecting):
+                stopped = scopes.pop(command.sandbox_id, None)
+                if stopped is not None:
+                    stopped.cancel()
+        nursery.cancel_scope.cancel()

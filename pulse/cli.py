@@ -1,0 +1,114 @@
+"""`kata-pulse`: run the agent (default), its embedded demo, or the terminal live view."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
+
+from pulse import __version__
+from pulse.config import Config, ConfigError, add_agent_arguments, build_config
+from pulse.logs import configure, get_logger
+
+log = get_logger("main")
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kata-pulse",
+        description="Kata Containers guest metrics as cAdvisor-compatible Prometheus metrics.",
+        epilog="Run `kata-pulse demo` to see it work on simulated sandboxes.",
+    )
+    parser.add_argument("--version", action="version", version=f"kata-pulse {__version__}")
+    add_agent_arguments(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser("run", help="run the agent (the default)")
+    add_agent_arguments(run, subcommand=True)
+    demo = commands.add_parser(
+        "demo", help="run the agent against simulated sandboxes and a simulated CRI"
+    )
+    add_agent_arguments(demo, subcommand=True)
+    demo.add_argument("--sandboxes", type=int, default=8, help="simulated sandboxes (default 8)")
+    demo.add_argument(
+        "--churn-secs",
+        type=float,
+        default=20.0,
+        help="seconds between a sandbox going away and a new one coming (0: no churn)",
+    )
+    demo.add_argument("--seed", type=int, default=None, help="seed of the simulation")
+    top = commands.add_parser("top", help="live terminal view of a running agent")
+    top.add_argument("--url", default="http://127.0.0.1:8090", help="the agent's base URL")
+    top.add_argument(
+        "--sort", default="cpu", choices=("cpu", "memory", "pod", "namespace", "net"), help="sort"
+    )
+    return parser
+
+
+async def run_until_signal(main: Callable[[], Awaitable[None]], shutdown_timeout: float) -> None:
+    """Run `main` until it returns or SIGTERM/SIGINT arrives, then cancel everything."""
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+            async def run_main() -> None:
+                await main()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run_main)
+            async for signum in signals:
+                log.info("shutting down", signal=signal.Signals(signum).name)
+                # Every actor is cancelled through the nursery; nothing outlives the deadline.
+                nursery.cancel_scope.deadline = trio.current_time() + shutdown_timeout
+                nursery.cancel_scope.cancel()
+                break
+
+
+def _config_or_exit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
+    try:
+        return build_config(args, os.environ)
+    except ConfigError as err:
+        parser.exit(EXIT_USAGE, f"kata-pulse: error: {err}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "top":
+        from pulse.top import run_top
+
+        return run_top(args.url, args.sort)
+
+    config = _config_or_exit(args, parser)
+    configure(config.log_level, config.log_json)
+    if args.command == "demo":
+        from pulse.sim.demo import run_demo
+
+        if args.sandboxes < 0:
+            parser.exit(EXIT_USAGE, "kata-pulse: error: --sandboxes: must be >= 0\n")
+
+        async def demo() -> None:
+            await run_demo(config, args.sandboxes, args.churn_secs, args.seed)
+
+        trio.run(run_until_signal, demo, config.shutdown_timeout)
+        return 0
+
+    from pulse.agent import run_agent
+
+    async def agent() -> None:
+        await run_agent(config)
+
+    try:
+        trio.run(run_until_signal, agent, config.shutdown_timeout)
+    except OSError as err:
+        print(f"kata-pulse: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

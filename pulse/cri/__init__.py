@@ -1,0 +1,1 @@
+"""Pod metadata from the Container Runtime Interface (containerd, CRI-O)."""

@@ -1,0 +1,1 @@
+"""Generated from pulse/cri/proto by scripts/gen-proto; do not edit."""

@@ -1,0 +1,174 @@
+"""A simulated Kata shim: a real HTTP/1.1 server on a real `shim-monitor.sock`.
+
+Besides serving good bodies it can misbehave the ways real shims and dying sandboxes do, so the
+fault tests exercise the agent's real socket and HTTP code paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import h11
+import trio
+
+from pulse.logs import get_logger
+
+log = get_logger("sim.shim")
+
+
+class Behaviour(enum.StrEnum):
+    HEALTHY = "healthy"
+    HANG = "hang"  # accept, read the request, never answer
+    TRICKLE = "trickle"  # answer one byte per second
+    GARBAGE = "garbage"  # 200 with a body that is not Prometheus text
+    TRUNCATED = "truncated"  # Content-Length promises more than is sent, then close
+    HUGE = "huge"  # a body far beyond any sane size cap
+    VANISH = "vanish"  # close the connection halfway through the body
+    ERROR = "error"  # HTTP 500
+
+
+BodySource = Callable[[], bytes]
+HUGE_BODY_BYTES = 100 * 1024 * 1024
+GARBAGE = b"\x00\xff not prometheus {{{\n" * 64
+
+
+class SimulatedShim:
+    """Serves `GET /metrics` on `socket_path` until cancelled; behaviour can change at any time."""
+
+    def __init__(
+        self,
+        socket_path: Path,
+        body: BodySource,
+        behaviour: Behaviour = Behaviour.HEALTHY,
+        *,
+        chunked: bool = False,
+    ) -> None:
+        self.socket_path = socket_path
+        self.body = body
+        self.behaviour = behaviour
+        # Go's net/http answers a large /metrics without Content-Length, chunked; hyper (the
+        # runtime-rs shim) sends Content-Length. Both must be read the same way.
+        self.chunked = chunked
+        self.requests = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        try:
+            self.socket_path.unlink(missing_ok=True)
+            await listener.bind(os.fspath(self.socket_path))
+            listener.listen(64)
+            listeners = [trio.SocketListener(listener)]
+        except BaseException:
+            listener.close()
+            raise
+        try:
+            task_status.started()
+            await trio.serve_listeners(self._handle, listeners)
+        finally:
+            with trio.CancelScope(shield=True):
+                await listeners[0].aclose()
+            self.socket_path.unlink(missing_ok=True)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            connection = h11.Connection(h11.SERVER)
+            try:
+                request = await _read_request(stream, connection)
+            except (h11.RemoteProtocolError, trio.BrokenResourceError, OSError):
+                return
+            if request is None:
+                return
+            self.requests += 1
+            # A client that gave up (a timeout on its side) is its own business.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await self._respond(stream, request)
+
+    async def _respond(self, stream: trio.SocketStream, request: h11.Request) -> None:
+        behaviour = self.behaviour
+        if request.target != b"/metrics":
+            await stream.send_all(_response(404, b"not found\n"))
+            return
+        if behaviour is Behaviour.HANG:
+            await trio.sleep_forever()
+        if behaviour is Behaviour.ERROR:
+            await stream.send_all(_response(500, b"internal error\n"))
+            return
+        if behaviour is Behaviour.GARBAGE:
+            await stream.send_all(_response(200, GARBAGE))
+            return
+        if behaviour is Behaviour.HUGE:
+            await _send_huge(stream)
+            return
+        body = self.body()
+        if behaviour is Behaviour.TRUNCATED:
+            head = _head(200, len(body) + 1000)
+            await stream.send_all(head + body[: len(body) // 2])
+            return
+        if behaviour is Behaviour.VANISH:
+            await stream.send_all(_head(200, len(body)) + body[: len(body) // 2])
+            return
+        if behaviour is Behaviour.TRICKLE:
+            for byte in _response(200, body):
+                await stream.send_all(bytes((byte,)))
+                await trio.sleep(1)
+            return
+        if self.chunked:
+            await stream.send_all(_chunked_response(body))
+        else:
+            await stream.send_all(_response(200, body))
+
+
+async def _read_request(
+    stream: trio.SocketStream, connection: h11.Connection
+) -> h11.Request | None:
+    while True:
+        event = connection.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(16 * 1024)
+            if not data:
+                return None
+            connection.receive_data(data)
+        elif isinstance(event, h11.Request):
+            return event
+        else:
+            return None
+
+
+def _head(status: int, length: int) -> bytes:
+    reason = {200: "OK", 404: "Not Found", 500: "Internal Server Error"}.get(status, "Status")
+    return (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+        f"Content-Length: {length}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+
+
+def _response(status: int, body: bytes) -> bytes:
+    return _head(status, len(body)) + body
+
+
+def _chunked_response(body: bytes, chunk_size: int = 4096) -> bytes:
+    head = (
+        b"HTTP/1.1 200 OK\r\n"
+        b"Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    chunks = [
+        b"%x\r\n%s\r\n" % (len(body[i : i + chunk_size]), body[i : i + chunk_size])
+        for i in range(0, len(body), chunk_size)
+    ]
+    return head + b"".join(chunks) + b"0\r\n\r\n"
+
+
+async def _send_huge(stream: trio.SocketStream) -> None:
+    line = b'kata_guest_meminfo{item="mem_total"} 1\n' * 1024
+    await stream.send_all(_head(200, HUGE_BODY_BYTES))
+    sent = 0
+    while sent < HUGE_BODY_BYTES:
+        await stream.send_all(line)
+        sent += len(line)

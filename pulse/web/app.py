@@ -1,0 +1,180 @@
+"""The HTTP surface: a Quart-Trio app that only reads published snapshots."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from pulse import __version__
+from pulse.config import Config
+from pulse.ids import is_sandbox_id
+from pulse.katamon import parse_filter_family
+from pulse.pipeline import assemble_cadvisor, assemble_kata
+from pulse.selfmetrics import WebCounters, render_agent
+from pulse.snapshot import Reader, SandboxView, Snapshot
+from pulse.web.metrics_cache import Assembled, AssemblyCache
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+PLAIN_TEXT = "text/plain; charset=utf-8"
+
+ENDPOINTS = (
+    ("/metrics", "cAdvisor-compatible metrics of every Kata pod, plus kata_pulse_* (?sandbox=ID)"),
+    ("/metrics/cadvisor", "the same, at kubelet's path"),
+    ("/metrics/kata", "kata-monitor compatible raw metrics (?sandbox=ID, ?filter_family=a,b)"),
+    ("/sandboxes", "JSON list of sandboxes with pod metadata and scrape health"),
+    ("/healthz", "liveness: the process and its event loop respond"),
+    ("/readyz", "readiness: the initial scan is done and the app is serving"),
+)
+
+
+class WebState:
+    """State the web app owns: its request counters and its assembly memo."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, int], int] = {}
+        self.websocket_clients = 0
+        self.assembly = AssemblyCache()
+
+    def counters(self) -> WebCounters:
+        return WebCounters(dict(self.requests), self.websocket_clients)
+
+
+def _text(body: str, status: int = 200) -> Response:
+    return Response(body if body.endswith("\n") else body + "\n", status, content_type=PLAIN_TEXT)
+
+
+def _accepts_gzip() -> bool:
+    for part in request.headers.get("Accept-Encoding", "").split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip().lower() == "gzip" and params.replace(" ", "") not in ("q=0", "q=0.0"):
+            return True
+    return False
+
+
+def _metrics_response(assembled: Assembled, tail: bytes = b"") -> Response:
+    headers = {"Vary": "Accept-Encoding"}
+    if _accepts_gzip():
+        headers["Content-Encoding"] = "gzip"
+        body = assembled.gzipped(tail)
+    else:
+        body = assembled.plain(tail)
+    return Response(body, 200, content_type=PROMETHEUS_TEXT, headers=headers)
+
+
+def _sandbox_query(snapshot: Snapshot) -> tuple[str | None, Response | None]:
+    """The ?sandbox= of this request: (None, None) if absent, or (id, None), or (None, error)."""
+    values = request.args.getlist("sandbox")
+    if not values:
+        return None, None
+    if len(values) > 1:
+        return None, _text("error: give ?sandbox= at most once", 400)
+    sandbox_id = values[0]
+    if not is_sandbox_id(sandbox_id):
+        return None, _text("error: malformed sandbox id in ?sandbox=", 400)
+    if sandbox_id not in snapshot.sandboxes:
+        return None, _text(f"error: unknown sandbox {sandbox_id}", 404)
+    return sandbox_id, None
+
+
+def sandbox_json(view: SandboxView) -> dict[str, Any]:
+    pod = view.pod
+    return {
+        "sandbox_id": view.sandbox_id,
+        "pod_name": pod.name if pod else "",
+        "namespace": pod.namespace if pod else "",
+        "uid": pod.uid if pod else "",
+        "runtime_handler": pod.runtime_handler if pod else "",
+        "runtime": view.kind.value,
+        "root": str(view.root),
+        "state": view.state.value,
+        "discovered_at": view.discovered_at,
+        "last_success": view.last_success,
+        "last_attempt": view.last_attempt,
+        "last_duration_seconds": view.last_duration,
+        "last_error": view.last_error,
+        "last_error_reason": view.last_error_reason.value if view.last_error_reason else None,
+        "scrapes_total": view.scrapes_total,
+        "failures_total": view.failures_total,
+        "malformed_lines": view.malformed_lines,
+        "guest_cpu_time_unit": view.cpu_unit,
+        "containers": [
+            {
+                "container_id": c.container_id,
+                "name": c.name,
+                "image": c.image,
+                "state": c.state,
+            }
+            for c in (pod.containers if pod else ())
+        ],
+    }
+
+
+def create_app(config: Config, board: Reader[Snapshot], web: WebState) -> QuartTrio:
+    app = QuartTrio("kata-pulse")
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # no endpoint takes a body
+
+    @app.after_request
+    async def count_request(response: Response) -> Response:
+        rule = request.url_rule
+        handler = rule.rule if rule is not None else "other"
+        key = (handler, response.status_code)
+        web.requests[key] = web.requests.get(key, 0) + 1
+        return response
+
+    @app.get("/")
+    async def index() -> Response:
+        lines = [f"kata-pulse {__version__}: Kata Containers metrics agent", ""]
+        lines += [f"{path:<20} {what}" for path, what in ENDPOINTS]
+        return _text("\n".join(lines))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _text("ok")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if not board.current.scan_done:
+            return _text("not ready: initial sandbox scan not finished", 503)
+        return _text("ready")
+
+    async def cadvisor_metrics() -> Response:
+        snapshot = board.current
+        sandbox_id, error = _sandbox_query(snapshot)
+        if error is not None:
+            return error
+        assembled = web.assembly.get(
+            snapshot, ("cadvisor", sandbox_id), lambda s: assemble_cadvisor(s, sandbox_id)
+        )
+        tail = render_agent(snapshot, web.counters()) if sandbox_id is None else b""
+        return _metrics_response(assembled, tail)
+
+    app.add_url_rule("/metrics", "metrics", cadvisor_metrics, methods=["GET"])
+    app.add_url_rule("/metrics/cadvisor", "metrics_cadvisor", cadvisor_metrics, methods=["GET"])
+
+    @app.get("/metrics/kata")
+    async def kata_metrics() -> Response:
+        snapshot = board.current
+        sandbox_id, error = _sandbox_query(snapshot)
+        if error is not None:
+            return error
+        if sandbox_id is not None:
+            body = snapshot.sandboxes[sandbox_id].raw_body
+            if body is None:
+                return _text(f"error: no fresh data for sandbox {sandbox_id}", 503)
+            return _metrics_response(Assembled(body))
+        prefixes = parse_filter_family(",".join(request.args.getlist("filter_family")))
+        assembled = web.assembly.get(
+            snapshot, ("kata", prefixes), lambda s: assemble_kata(s, prefixes)
+        )
+        return _metrics_response(assembled)
+
+    @app.get("/sandboxes")
+    async def sandboxes() -> Response:
+        snapshot = board.current
+        body = json.dumps([sandbox_json(view) for view in snapshot.sandboxes.values()], indent=1)
+        return Response(body + "\n", 200, content_type="application/json")
+
+    return app

@@ -1,0 +1,186 @@
+"""The cache owner as a state machine: messages in, commands and snapshots out."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from pulse.actors.cache import CacheOwner
+from pulse.config import Config
+from pulse.model import (
+    CacheMessage,
+    CriSnapshot,
+    CriSynced,
+    InitialScanDone,
+    PodMeta,
+    RuntimeKind,
+    SandboxAppeared,
+    SandboxGone,
+    SandboxState,
+    ScrapeFailed,
+    ScrapeFailure,
+    ScrapeSucceeded,
+    StartCollecting,
+    StopCollecting,
+    SupervisorMessage,
+)
+from pulse.pipeline import digest_body
+from pulse.sim.bodies import Flavour, SimulatedGuest
+from pulse.snapshot import AgentCounters, Board, CriStatus, Snapshot
+
+ROOT = Path("/run/vc/sbs")
+SID = "1" * 64
+OTHER = "2" * 64
+
+
+@dataclass
+class Harness:
+    inbox: trio.MemorySendChannel[CacheMessage]
+    commands: trio.MemoryReceiveChannel[SupervisorMessage]
+    nudges: trio.MemoryReceiveChannel[None]
+    board: Board[Snapshot]
+
+    async def send(self, message: CacheMessage) -> Snapshot:
+        seen = self.board.current
+        await self.inbox.send(message)
+        return await self.board.wait_newer(seen)
+
+    def command(self) -> SupervisorMessage:
+        return self.commands.receive_nowait()
+
+
+@pytest.fixture
+def config() -> Config:
+    return Config(metrics_interval=10.0, shim_timeout=1.0)  # stale after 21 s
+
+
+async def _harness(config: Config) -> AsyncIterator[Harness]:
+    board = Board(Snapshot(0, 0.0, False, {}, CriStatus("x"), AgentCounters()))
+    to_cache, inbox = trio.open_memory_channel[CacheMessage](100)
+    to_supervisor, commands = trio.open_memory_channel[SupervisorMessage](100)
+    nudge_send, nudges = trio.open_memory_channel[None](1)
+    owner = CacheOwner(config, board, to_supervisor, nudge_send, time.time())
+    owner.publish_initial()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(owner.run, inbox)
+        yield Harness(to_cache, commands, nudges, board)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def harness(config: Config) -> AsyncIterator[Harness]:
+    async for h in _harness(config):
+        yield h
+
+
+def success(sandbox_id: str, generation: int, at: float) -> ScrapeSucceeded:
+    body = SimulatedGuest(sandbox_id, Flavour.GO, seed=1).render(at)
+    return ScrapeSucceeded(sandbox_id, generation, at, 0.01, body, digest_body(body))
+
+
+def failure(sandbox_id: str, generation: int, reason: ScrapeFailure) -> ScrapeFailed:
+    return ScrapeFailed(sandbox_id, generation, time.time(), 0.01, reason, "detail")
+
+
+async def test_appearing_sandbox_starts_a_collector_and_nudges_the_cri(harness: Harness) -> None:
+    snapshot = await harness.send(SandboxAppeared(SID, ROOT, RuntimeKind.GO))
+    assert snapshot.sandboxes[SID].state is SandboxState.PENDING
+    assert harness.command() == StartCollecting(SID, ROOT / SID / "shim-monitor.sock", 1)
+    await harness.send(SandboxAppeared(OTHER, ROOT, RuntimeKind.GO))
+    # Two appearances, one pending nudge: the one-slot channel conflates them.
+    harness.nudges.receive_nowait()
+    with pytest.raises(trio.WouldBlock):
+        harness.nudges.receive_nowait()
+    assert not (await harness.send(InitialScanDone())).sandboxes[SID].has_data
+    assert harness.board.current.scan_done
+
+
+async def test_results_of_a_replaced_collector_are_ignored(harness: Harness) -> None:
+    await harness.send(SandboxAppeared(SID, ROOT, RuntimeKind.GO))
+    start = harness.command()
+    assert isinstance(start, StartCollecting)
+    await harness.send(SandboxGone(SID, ROOT))
+    assert harness.command() == StopCollecting(SID)
+    await harness.send(SandboxAppeared(SID, ROOT, RuntimeKind.GO))
+    restart = harness.command()
+    assert isinstance(restart, StartCollecting) and restart.generation != start.generation
+    # A late result of the first collector must not resurrect its data.
+    await harness.inbox.send(success(SID, start.generation, time.time()))
+    snapshot = await harness.send(failure(SID, restart.generation, ScrapeFailure.TIMEOUT))
+    assert snapshot.sandboxes[SID].scrapes_total == 1
+    assert not snapshot.sandboxes[SID].has_data
+
+
+async def test_gone_sandbox_leaves_no_trace(harness: Harness) -> None:
+    await harness.send(SandboxAppeared(SID, ROOT, RuntimeKind.GO))
+    await harness.send(success(SID, 1, time.time()))
+    snapshot = await harness.send(SandboxGone(SID, ROOT))
+    assert SID not in snapshot.sandboxes
+
+
+async def test_last_good_data_survives_failures_until_stale(
+    harness: Harness, autojump_clock: trio.testing.MockClock, config: Config
+) -> None:
+    await harness.send(SandboxAppeared(SID, ROOT, RuntimeKind.GO))
+    snapshot = await harness.send(success(SID, 1, time.time()))
+    view = snapshot.sandboxes[SID]
+    assert view.state is SandboxState.UP and view.cadvisor and view.has_data
+
+    await trio.sleep(config.metrics_interval)
+    snapshot = await harness.send(failure(SID, 1, ScrapeFailure.TIMEOUT))
+    view = snapshot.sandboxes[SID]
+    assert view.state is SandboxState.DEGRADED and view.has_data and view.cadvisor
+    assert view.last_error_reason is ScrapeFailure.TIMEOUT
+    assert snapshot.counters.scrape_failures[ScrapeFailure.TIMEOUT] == 1
+
+    # No further message arrives (a hung collector), yet the data expires on time.
+    started = trio.current_time()
+    snapshot = await harness.board.wait_newer(snapshot)
+    view = snapshot.sandboxes[SID]
+    assert view.state is SandboxState.DOWN and not view.has_data and not view.cadvisor
+    assert trio.current_time() - started == pytest.approx(config.stale_after - 10, abs=0.01)
+    # The sandbox's own lines still say it is down.
+    assert b" 0\n" in view.own["kata_pulse_sandbox_up"]
+
+
+async def test_pod_metadata_relabels_the_sandbox_output(harness: Harness) -> None:
+    await harness.send(SandboxAppeared(SID, ROOT, RuntimeKind.GO))
+    snapshot = await harness.send(success(SID, 1, time.time()))
+    assert b'pod=""' in snapshot.sandboxes[SID].cadvisor["container_memory_working_set_bytes"]
+    pod = PodMeta(SID, "web-1", "shop", "uid-1", runtime_handler="kata")
+    snapshot = await harness.send(CriSynced(CriSnapshot({SID: pod}), time.time(), 0.01))
+    view = snapshot.sandboxes[SID]
+    assert view.pod == pod
+    assert b'pod="web-1"' in view.cadvisor["container_memory_working_set_bytes"]
+    assert b'namespace="shop"' in view.own["kata_pulse_sandbox_up"]
+    assert snapshot.cri.up
+
+
+async def test_excluded_runtime_handlers_are_never_scraped(config: Config) -> None:
+    config = dataclasses.replace(config, exclude_runtime_handler=re.compile(r"^kata-qemu-rs$"))
+    async for h in _harness(config):
+        snapshot = await h.send(SandboxAppeared(SID, ROOT, RuntimeKind.RUST))
+        snapshot = await h.send(SandboxAppeared(OTHER, ROOT, RuntimeKind.RUST))
+        # Handler unknown: not scraped until the CRI says.
+        assert snapshot.sandboxes[SID].state is SandboxState.AWAITING_CRI
+        with pytest.raises(trio.WouldBlock):
+            h.command()
+        pods = {
+            SID: PodMeta(SID, "a", "ns", "u1", runtime_handler="kata-qemu-rs"),
+            OTHER: PodMeta(OTHER, "b", "ns", "u2", runtime_handler="kata-clh"),
+        }
+        snapshot = await h.send(CriSynced(CriSnapshot(pods), time.time(), 0.01))
+        assert snapshot.sandboxes[SID].state is SandboxState.EXCLUDED
+        assert snapshot.sandboxes[OTHER].state is SandboxState.PENDING
+        command = h.command()
+        assert isinstance(command, StartCollecting) and command.sandbox_id == OTHER
+        with pytest.raises(trio.WouldBlock):
+            h.command()

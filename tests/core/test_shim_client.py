@@ -1,0 +1,80 @@
+"""The shim HTTP client against real simulated shims on real Unix sockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from pulse.model import ScrapeFailure
+from pulse.shim_client import ShimError, fetch
+from pulse.sim.shim import Behaviour, SimulatedShim
+
+BODY = b'kata_guest_load{item="load1"} 0.5\n' * 2000  # 70 kB: several chunks and reads
+
+
+@pytest.fixture
+async def shim(tmp_path: Path) -> AsyncIterator[SimulatedShim]:
+    server = SimulatedShim(tmp_path / "shim-monitor.sock", lambda: BODY)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        yield server
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_reads_whole_body_in_either_framing(shim: SimulatedShim, chunked: bool) -> None:
+    shim.chunked = chunked
+    assert await fetch(shim.socket_path, "/metrics", max_body=1 << 20) == BODY
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [
+        (Behaviour.ERROR, ScrapeFailure.HTTP_STATUS),
+        (Behaviour.HUGE, ScrapeFailure.OVERSIZE),
+        (Behaviour.TRUNCATED, ScrapeFailure.PROTOCOL),
+        (Behaviour.VANISH, ScrapeFailure.PROTOCOL),
+    ],
+)
+async def test_failures_carry_their_reason(
+    shim: SimulatedShim, behaviour: Behaviour, reason: ScrapeFailure
+) -> None:
+    shim.behaviour = behaviour
+    with pytest.raises(ShimError) as caught:
+        await fetch(shim.socket_path, "/metrics", max_body=1 << 20)
+    assert caught.value.reason is reason
+
+
+async def test_body_over_the_cap_is_refused_even_without_content_length(
+    shim: SimulatedShim,
+) -> None:
+    shim.chunked = True
+    with pytest.raises(ShimError) as caught:
+        await fetch(shim.socket_path, "/metrics", max_body=len(BODY) - 1)
+    assert caught.value.reason is ScrapeFailure.OVERSIZE
+
+
+async def test_missing_socket_and_dead_socket(tmp_path: Path) -> None:
+    with pytest.raises(ShimError) as caught:
+        await fetch(tmp_path / "nope.sock", "/metrics", max_body=1024)
+    assert caught.value.reason is ScrapeFailure.NO_SOCKET
+    # A socket file nobody listens on: what a crashed shim leaves behind.
+    dead = trio.socket.socket(trio.socket.AF_UNIX)
+    await dead.bind(str(tmp_path / "dead.sock"))
+    dead.close()
+    with pytest.raises(ShimError) as caught:
+        await fetch(tmp_path / "dead.sock", "/metrics", max_body=1024)
+    assert caught.value.reason is ScrapeFailure.CONNECT
+
+
+async def test_hung_shim_is_bounded_by_the_callers_cancel_scope(
+    shim: SimulatedShim, autojump_clock: trio.testing.MockClock
+) -> None:
+    shim.behaviour = Behaviour.HANG
+    with trio.move_on_after(3) as scope:
+        await fetch(shim.socket_path, "/metrics", max_body=1024)
+    assert scope.cancelled_caught
+    assert trio.current_time() == pytest.approx(3)

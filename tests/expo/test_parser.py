@@ -1,0 +1,271 @@
+"""The shim body parser: agreement with prometheus_client, tolerance, and the fast index."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from pulse.expo.parser import Family, ParsedBody, Sample, parse
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "shim"
+
+
+def tricky() -> ParsedBody:
+    return parse((FIXTURES / "tricky.prom").read_text())
+
+
+def _same_value(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def assert_agrees_with_prometheus_client(text: str) -> None:
+    parsed = parse(text)
+    assert parsed.malformed_lines == 0, parsed.first_error
+    reference = {family.name: family for family in text_string_to_metric_families(text)}
+    assert list(parsed.families) == list(reference)
+    for name, family in parsed.families.items():
+        expected = reference[name]
+        assert family.type == ("untyped" if expected.type == "unknown" else expected.type)
+        assert family.help == expected.documentation
+        got = [(s.name, dict(s.labels), s.value) for s in family.samples]
+        want = [(s.name, s.labels, s.value) for s in expected.samples]
+        assert [g[:2] for g in got] == [w[:2] for w in want], name
+        assert all(_same_value(g[2], w[2]) for g, w in zip(got, want, strict=True)), name
+
+
+@pytest.mark.parametrize(
+    "body", sorted(p.name for p in FIXTURES.glob("*.prom") if p.name != "tricky.prom")
+)
+def test_fixture_bodies_agree_with_prometheus_client(body: str) -> None:
+    assert_agrees_with_prometheus_client((FIXTURES / body).read_text())
+
+
+def test_values_in_every_notation() -> None:
+    meminfo = tricky().families["kata_guest_meminfo"].index("item")
+    assert meminfo[("mem_total",)] == 2071527424.0
+    assert meminfo[("mem_free",)] == 1249280.0
+    assert meminfo[("cached",)] == 123456789.0
+    assert meminfo[("buffers",)] == 0.5
+    load = {s.label("item"): s.value for s in tricky().families["kata_guest_load"].samples}
+    assert load == {"load1": 0.25, "load5": 5.0, "": 3.0}
+
+
+def test_nan_and_infinities() -> None:
+    families = tricky().families
+    summary = {s.label("quantile"): s.value for s in families["go_gc_duration_seconds"].samples}
+    assert math.isnan(summary["1"])
+    netdev = families["kata_hypervisor_netdev"].index("interface", "item")
+    assert netdev[("tap0_kata", "recv_bytes")] == math.inf
+    assert netdev[('eth"0\\x\nnew', "sent_bytes")] == -math.inf
+
+
+def test_escaped_label_values_and_help() -> None:
+    family = tricky().families["kata_hypervisor_netdev"]
+    assert family.help == "Net devices statistics.\nSecond line with a \\ backslash."
+    interfaces = [s.label("interface") for s in family.samples]
+    assert interfaces == ["tap0_kata", 'eth"0\\x\nnew', "lo"]
+
+
+def test_whitespace_and_trailing_comma_in_label_sets() -> None:
+    samples = tricky().families["kata_hypervisor_netdev"].samples
+    assert samples[2] == Sample(
+        "kata_hypervisor_netdev", (("interface", "lo"), ("item", "recv_bytes")), 1000.0
+    )
+
+
+def test_histogram_and_summary_samples_belong_to_their_family() -> None:
+    families = tricky().families
+    histogram = families["kata_shim_rpc_durations_histogram_milliseconds"]
+    assert histogram.type == "histogram"
+    assert [s.name.rsplit("_", 1)[1] for s in histogram.samples] == [
+        "bucket",
+        "bucket",
+        "sum",
+        "count",
+    ]
+    assert histogram.samples[1].labels == (("action", "create"), ("le", "+Inf"))
+    summary = families["go_gc_duration_seconds"]
+    assert summary.type == "summary"
+    assert [s.name for s in summary.samples][-2:] == [
+        "go_gc_duration_seconds_sum",
+        "go_gc_duration_seconds_count",
+    ]
+    assert "go_gc_duration_seconds_sum" not in families
+
+
+def test_malformed_lines_are_counted_and_skipped_not_the_body() -> None:
+    parsed = tricky()
+    # Lines 25-29: free text, unterminated label set, unquoted label value, non-numeric value,
+    # unknown TYPE.
+    assert parsed.malformed_lines == 5
+    assert parsed.first_error is not None
+    assert parsed.first_error.startswith("line 25: ")
+    assert "broken_type" not in parsed.families
+    netdev = parsed.families["kata_hypervisor_netdev"]
+    assert len(netdev.samples) == 3  # the valid ones around the bad lines are kept
+
+
+def test_family_repeated_by_another_registry_is_merged_first_header_wins() -> None:
+    family = tricky().families["kata_guest_meminfo"]
+    assert family.help == "Statistics about memory usage in the system."
+    assert len(family.chunks) == 2
+    assert [s.label("item") for s in family.samples][-1] == "inactive_file"
+    assert family.index("item")[("inactive_file",)] == 1024.0
+
+
+def test_untyped_samples_without_header_and_timestamps() -> None:
+    family = tricky().families["kata_untyped_thing"]
+    assert (family.type, family.help) == ("untyped", "")
+    assert family.samples[0] == Sample("kata_untyped_thing", (), 42.0, 1700000000123)
+    assert family.samples[1].timestamp_ms is None
+
+
+def test_family_order_is_order_of_first_appearance() -> None:
+    assert list(tricky().families) == [
+        "kata_guest_meminfo",
+        "kata_shim_rpc_durations_histogram_milliseconds",
+        "go_gc_duration_seconds",
+        "kata_hypervisor_netdev",
+        "kata_untyped_thing",
+        "kata_guest_load",
+    ]
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# just a comment\n"])
+def test_bodies_without_samples(text: str) -> None:
+    parsed = parse(text)
+    assert (dict(parsed.families), parsed.malformed_lines, parsed.first_error) == ({}, 0, None)
+
+
+def test_crlf_and_missing_final_newline() -> None:
+    parsed = parse('# TYPE a gauge\r\na{x="1"} 1\r\na{x="2"} 2')
+    assert parsed.malformed_lines == 0
+    assert [s.value for s in parsed.families["a"].samples] == [1.0, 2.0]
+
+
+def test_a_body_of_garbage_is_all_malformed() -> None:
+    parsed = parse("<html>\n<body>502 Bad Gateway</body>\n</html>\n")
+    assert parsed.malformed_lines == 3
+    assert not parsed.families
+    assert parsed.first_error is not None
+    assert parsed.first_error.startswith("line 1: ")
+
+
+def test_index_selects_only_wanted_label_values() -> None:
+    body = (
+        "# HELP kata_guest_cpu_time Guest CPU stats.\n# TYPE kata_guest_cpu_time gauge\n"
+        + "".join(
+            f'kata_guest_cpu_time{{cpu="{cpu}",item="{item}"}} {n}\n'
+            for n, (cpu, item) in enumerate(
+                (c, i) for c in ("total", "0", "1") for i in ("user", "nice", "idle")
+            )
+        )
+    )
+    family = parse(body).families["kata_guest_cpu_time"]
+    assert family.index("cpu", "item", where={"cpu": ["total"]}) == {
+        ("total", "user"): 0.0,
+        ("total", "nice"): 1.0,
+        ("total", "idle"): 2.0,
+    }
+    # Samples with more labels than the keys still count; the first of equal keys wins.
+    assert family.index("item", where={"item": ["idle"]}) == {("idle",): 2.0}
+    assert family.index("cpu", "item", where={"cpu": []}) == {}
+    assert len(family.index("cpu", "item")) == 9
+
+
+def test_index_falls_back_when_a_shim_orders_labels_differently() -> None:
+    body = (
+        "# TYPE kata_guest_diskstat gauge\n"
+        'kata_guest_diskstat{disk="vda",item="reads"} 1\n'
+        'kata_guest_diskstat{item="writes",disk="vda"} 2\n'
+        'kata_guest_diskstat{item="reads",disk="ram0"} 3\n'
+    )
+    family = parse(body).families["kata_guest_diskstat"]
+    assert family.index("disk", "item", where={"disk": ["vda"]}) == {
+        ("vda", "reads"): 1.0,
+        ("vda", "writes"): 2.0,
+    }
+
+
+# --- Property: whatever we write, we read back --------------------------------------------------
+
+_names = st.from_regex(r"[a-z_][a-z0-9_]{0,12}", fullmatch=True).filter(
+    lambda n: not n.endswith(("_bucket", "_sum", "_count", "_created"))
+)
+_label_values = st.text(alphabet=st.sampled_from(list('ab z0,{}="\\\n=é')), min_size=0, max_size=8)
+_values = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=True, width=64),
+    st.integers(min_value=-(10**15), max_value=10**15).map(float),
+)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _render(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+@st.composite
+def _bodies(
+    draw: st.DrawFn,
+) -> tuple[str, dict[str, list[tuple[tuple[tuple[str, str], ...], float]]]]:
+    names = draw(st.lists(_names, min_size=1, max_size=4, unique=True))
+    expected: dict[str, list[tuple[tuple[tuple[str, str], ...], float]]] = {}
+    lines: list[str] = []
+    for name in names:
+        keys = draw(
+            st.lists(st.sampled_from(["cpu", "item", "disk", "le"]), unique=True, max_size=2)
+        )
+        lines += [f"# HELP {name} help of {name}", f"# TYPE {name} gauge"]
+        rows = draw(
+            st.lists(st.tuples(st.tuples(*[_label_values] * len(keys)), _values), max_size=5)
+        )
+        seen = set()
+        for label_values, value in rows:
+            if label_values in seen:
+                continue
+            seen.add(label_values)
+            labels = tuple(zip(keys, label_values, strict=True))
+            text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+            lines.append(
+                f"{name}{{{text}}} {_render(value)}" if labels else f"{name} {_render(value)}"
+            )
+            expected.setdefault(name, []).append((labels, value))
+    return "\n".join(lines) + "\n", expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(_bodies())
+def test_round_trip_of_generated_bodies(
+    case: tuple[str, dict[str, list[tuple[tuple[tuple[str, str], ...], float]]]],
+) -> None:
+    text, expected = case
+    parsed = parse(text)
+    assert parsed.malformed_lines == 0, parsed.first_error
+    for name, rows in expected.items():
+        family: Family = parsed.families[name]
+        assert [(s.labels, s.value) for s in family.samples] == rows
+        keys = tuple(k for k, _ in rows[0][0])
+        assert family.index(*keys) == {tuple(v for _, v in labels): value for labels, value in rows}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.text(alphabet=st.sampled_from(list('ab{}="# \\\t1.e+')), max_size=20), max_size=10)
+)
+def test_arbitrary_text_never_raises_and_counts_add_up(lines: list[str]) -> None:
+    text = "\n".join(lines)
+    parsed = parse(text)
+    total = sum(1 for line in lines if line.strip())
+    samples = sum(len(f.samples) for f in parsed.families.values())
+    assert samples + parsed.malformed_lines <= total
+    assert (parsed.malformed_lines == 0) == (parsed.first_error is None)

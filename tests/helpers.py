@@ -1,0 +1,58 @@
+"""Shared test plumbing: a real agent on a real port, real simulated sandboxes, polling waits."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import trio
+
+from pulse.agent import RunningAgent, run_agent
+from pulse.config import Config
+from pulse.sim.fleet import SimulatedFleet
+
+T = TypeVar("T")
+
+
+def agent_config(fleet: SimulatedFleet, cri_socket: Path, **overrides: Any) -> Config:
+    base = Config(
+        listen_host="127.0.0.1",
+        listen_port=0,
+        sandbox_dirs=fleet.roots,
+        runtime_endpoint=cri_socket,
+        metrics_interval=30.0,
+        shim_timeout=1.0,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+@asynccontextmanager
+async def running_agent(config: Config) -> AsyncIterator[RunningAgent]:
+    async with trio.open_nursery() as nursery:
+        agent: RunningAgent = await nursery.start(run_agent, config)
+        try:
+            yield agent
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def http_client(agent: RunningAgent) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=agent.url, timeout=10) as client:
+        yield client
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 5.0, every: float = 0.02
+) -> T:
+    """Poll `probe` until it returns something other than None (or False); fail after timeout."""
+    with trio.fail_after(timeout):
+        while True:
+            result = await probe()
+            if result is not None and result is not False:
+                return result
+            await trio.sleep(every)
