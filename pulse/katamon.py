@@ -73,7 +73,7 @@ def identity_labels(labels: Labels) -> str:
     )
 
 
-def render_block(parsed: ParsedBody, labels: Labels) -> KataBlock:
+def render_sandbox(parsed: ParsedBody, labels: Labels) -> KataBlock:
     injected = identity_labels(labels)
     headers: dict[str, bytes] = {}
     types: dict[str, str] = {}
@@ -126,7 +126,7 @@ def parse_filter_family(query_value: str | None) -> tuple[str, ...]:
     return tuple(prefix.strip() for prefix in query_value.split(",") if prefix.strip())
 
 
-def assemble_blocks(blocks: Iterable[KataBlock], filter_family: Iterable[str] = ()) -> bytes:
+def assemble_kata(blocks: Iterable[KataBlock], filter_family: Iterable[str] = ()) -> bytes:
     """The /metrics/kata body from the sandboxes' blocks, taken in sandbox id order.
 
     When shims disagree on a family's TYPE, the TYPE (and HELP) of the sandbox with the lowest

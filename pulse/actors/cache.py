@@ -309,7 +309,8 @@ class CacheOwner:
     # --- staleness ---
 
     def _is_stale(self, success_clock: float) -> bool:
-        return trio.current_time() - success_clock > self._config.stale_after
+        # The same expression as the deadline in _next_expiry, so waking at it always expires.
+        return trio.current_time() >= success_clock + self._config.stale_after
 
     def _next_expiry(self) -> float:
         deadlines = [

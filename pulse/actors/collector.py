@@ -35,6 +35,7 @@ METRICS_PATH = "/metrics"
 # about a second of the shim starting, then less often for a shim that never comes up.
 SOCKET_RETRY_FIRST = 0.05
 SOCKET_RETRY_MAX = 1.0
+SOCKET_NOT_READY = frozenset({ScrapeFailure.NO_SOCKET, ScrapeFailure.CONNECT})
 JITTER = 0.1  # each interval is stretched or shrunk by up to 10% so collections drift apart
 
 
@@ -83,21 +84,22 @@ async def run_collector(
 ) -> None:
     """Collect one sandbox until cancelled: at once, then every interval (with jitter)."""
     retry_delay = SOCKET_RETRY_FIRST
-    reported_missing = False
+    reported: ScrapeFailure | None = None
     # The second collection lands at a random phase of the interval, so sandboxes discovered
     # together (at start, or in a burst) spread out instead of firing in lockstep forever.
     next_delay = rng.uniform(0.0, settings.interval)
     while True:
         result = await collect_once(sandbox_id, generation, socket_path, settings)
-        if isinstance(result, ScrapeFailed) and result.reason is ScrapeFailure.NO_SOCKET:
-            # Report the missing socket once, not on every retry.
-            if not reported_missing:
-                reported_missing = True
+        if isinstance(result, ScrapeFailed) and result.reason in SOCKET_NOT_READY:
+            # A shim that is starting (no socket, or bound but not listening yet) is retried
+            # quickly; its failure is reported once per episode, not on every retry.
+            if reported is not result.reason:
+                reported = result.reason
                 await to_cache.send(result)
             await trio.sleep(retry_delay)
             retry_delay = min(retry_delay * 2, SOCKET_RETRY_MAX)
             continue
-        reported_missing = False
+        reported = None
         retry_delay = SOCKET_RETRY_FIRST
         await to_cache.send(result)
         await trio.sleep(next_delay)
@@ -108,8 +110,8 @@ async def run_supervisor(
     settings: CollectorSettings,
     commands: trio.MemoryReceiveChannel[SupervisorMessage],
     to_cache: trio.MemorySendChannel[CacheMessage],
-    *,
     seed: int | None = None,
+    *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Start and cancel collectors as the cache owner commands."""

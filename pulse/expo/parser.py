@@ -42,24 +42,38 @@ _VALUE = (
     r"|\.[0-9]++(?:[eE][+-]?[0-9]++)?"
     r"|(?i:inf(?:inity)?|nan))"
 )
-_SAMPLE_REST = rf"(?:[ \t]*+{_LABELS})?[ \t]++{_VALUE}(?:[ \t]++-?[0-9]++)?[ \t]*+\n"
+_TOLERANT_REST = rf"(?:[ \t]*+{_LABELS})?[ \t]++{_VALUE}(?:[ \t]++-?[0-9]++)?[ \t]*+\n"
+# The shape client libraries write (no blanks around labels, one space, no timestamp, Go's or
+# Rust's number formatting) is checked first and cheaply; a line that does not have it is
+# checked against the whole grammar, alone.
+_CANONICAL_LABELS = rf"\{{{_LABEL_NAME}={_LABEL_VALUE}(?:,{_LABEL_NAME}={_LABEL_VALUE})*+\}}"
+_CANONICAL_VALUE = r"-?[0-9]++(?:\.[0-9]++)?+(?:e[+-][0-9]++)?+"
+_CANONICAL_REST = rf"(?:{_CANONICAL_LABELS})? {_CANONICAL_VALUE}\n"
 
 
-def _run(group: int) -> str:
-    """Consecutive valid sample lines with the same metric name, that name captured as `group`."""
-    return rf"({_NAME}){_SAMPLE_REST}(?:\{group}(?![a-zA-Z0-9_:]){_SAMPLE_REST})*+"
+def _canonical_run(group: int) -> str:
+    """Consecutive canonical sample lines with the same metric name, captured as `group`."""
+    return rf"({_NAME}){_CANONICAL_REST}(?:\{group}(?![a-zA-Z0-9_:]){_CANONICAL_REST})*+"
+
+
+def _tolerant_line(group: int) -> str:
+    return rf"({_NAME}){_TOLERANT_REST}"
 
 
 # Cuts a body into: a family block (HELP, TYPE for the same name, then the run of samples that
-# follows, the shape every client library writes: one match per family in the common case); a
-# lone header line; a run of consecutive valid samples of one name; another comment or a blank
-# line; or a bad line. Every alternative ends at a newline, so the scan never skips text.
+# follows: the shape every client library writes, one match per family in the common case); a
+# lone header line; a run of consecutive canonical samples of one name; one valid sample line
+# of another shape; another comment or a blank line; or a bad line. Every alternative ends at
+# a newline, so the scan never skips text. Groups: 1-5 block (name, help, type, canonical run
+# name, other-shape line name), 6-8 lone header (kind, name, text), 9 canonical run name,
+# 10 other-shape line name, 11 bad line.
 _STRUCTURE = re.compile(
     rf"#[ \t]++HELP[ \t]++({_NAME})(?:[ \t]++([^\n]*+)|[ \t]*+)\n"
     rf"#[ \t]++TYPE[ \t]++\1[ \t]++(counter|gauge|histogram|summary|untyped)[ \t]*+\n"
-    rf"(?:{_run(4)})?"
+    rf"(?:{_canonical_run(4)}|{_tolerant_line(5)})?"
     rf"|#[ \t]++(HELP|TYPE)[ \t]++({_NAME})(?:[ \t]++([^\n]*+)|[ \t]*+)\n"
-    rf"|{_run(8)}"
+    rf"|{_canonical_run(9)}"
+    rf"|{_tolerant_line(10)}"
     r"|#(?![ \t]++(?:HELP|TYPE)\b)[^\n]*+\n"
     r"|[ \t]*+\n"
     r"|([^\n]*+)\n"
@@ -95,19 +109,30 @@ class Family:
     """A metric family: every sample of the body that belongs to it, wherever it appeared.
 
     `chunks` are the family's validated sample lines exactly as the body had them (each chunk
-    is one or more whole lines ending in a newline), in body order. Treat instances as
-    immutable: a plain slotted class rather than a frozen dataclass because a body creates
-    a hundred of them per collection, and `samples` is computed once, on first use.
+    is one or more whole lines ending in a newline, all of one sample name), in body order;
+    `canonical[i]` tells whether every line of chunk i has the shape client libraries write
+    (`name{a="1",b="2"} 3`: no blanks around labels, one space, no timestamp). Treat
+    instances as immutable: a plain slotted class rather than a frozen dataclass because a
+    body creates a hundred of them per collection, and `samples` is computed on first use.
     """
 
-    __slots__ = ("_samples", "chunks", "help", "name", "type")
+    __slots__ = ("_keyed", "_samples", "canonical", "chunks", "help", "name", "type")
 
-    def __init__(self, name: str, type: str, help: str, chunks: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        name: str,
+        type: str,
+        help: str,
+        chunks: tuple[str, ...],
+        canonical: tuple[bool, ...] | None = None,
+    ) -> None:
         self.name: Final = name
         self.type: Final = type
         self.help: Final = help
         self.chunks: Final = chunks
+        self.canonical: Final = canonical if canonical is not None else (False,) * len(chunks)
         self._samples: tuple[Sample, ...] | None = None
+        self._keyed: dict[tuple[str, ...], bool] = {}  # keys -> every chunk has that shape
 
     def __repr__(self) -> str:
         return f"Family(name={self.name!r}, type={self.type!r}, lines={self.line_count})"
@@ -119,7 +144,12 @@ class Family:
     @property
     def samples(self) -> tuple[Sample, ...]:
         if self._samples is None:
-            self._samples = tuple(sample for chunk in self.chunks for sample in _parse_run(chunk))
+            self._samples = tuple(
+                sample
+                for chunk, canonical in zip(self.chunks, self.canonical, strict=True)
+                for sample in (_parse_canonical_run(chunk) if canonical else None)
+                or _parse_run(chunk)
+            )
         return self._samples
 
     def index(
@@ -131,20 +161,26 @@ class Family:
         asking for just what is needed is what makes this cheap. Samples lacking one of the
         keys are left out; for duplicate keys the first wins.
 
-        Fast path for the shape every Kata shim writes (exactly these labels, in this order,
-        no escapes, no timestamp): one C-level check and one C-level search per chunk. Any
-        other shape falls back to the full samples, so the result never depends on how the
-        body was formatted.
+        Fast path for the shape every Kata shim writes (exactly these labels, in this order):
+        a few substring counts prove every line of a canonical chunk has it, then one C-level
+        search finds the wanted lines. Anything else falls back to the full samples, so the
+        result never depends on how the body was formatted.
         """
         wanted = tuple(
             tuple(sorted(where[key])) if where and key in where else None for key in keys
         )
-        shape, pattern = _canonical_patterns(self.name, keys, wanted)
+        keyed = self._keyed.get(keys)
+        if keyed is None:
+            keyed = self._keyed[keys] = all(
+                canonical and _has_label_keys(chunk, self.name, keys)
+                for chunk, canonical in zip(self.chunks, self.canonical, strict=True)
+            )
+        if not keyed:
+            return self._index_slowly(keys, wanted)
+        finder = _finder(self.name, keys, wanted)
         index: dict[tuple[str, ...], float] = {}
         for chunk in self.chunks:
-            if shape.fullmatch(chunk) is None:
-                return self._index_slowly(keys, wanted)
-            for row in pattern.findall(chunk):
+            for row in finder.findall(chunk):
                 if not keys:
                     index.setdefault((), float(row))
                     continue
@@ -185,28 +221,43 @@ class ParsedBody:
 _PLAIN_LABEL_VALUE = r'[^"\\\n]*+'
 
 
-@lru_cache(maxsize=1024)
-def _canonical_patterns(
-    name: str, keys: tuple[str, ...], wanted: tuple[tuple[str, ...] | None, ...]
-) -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """(whole chunk has the canonical shape, finder of the wanted canonical lines).
+def _has_label_keys(chunk: str, name: str, keys: tuple[str, ...]) -> bool:
+    """Whether every line of a canonical chunk has exactly the labels `keys`, in this order.
 
-    The finder is not anchored at line starts: `re` then searches for its literal prefix
-    (the family name) at C speed, several times faster than trying `^` at every position.
-    That is safe inside a validated chunk of this family: a bare `name{key="` cannot occur
-    inside a label value (its quote would be escaped) nor in another family's line.
+    Without backslashes in the chunk, a bare quote only ever delimits a label value, so `",`
+    occurs exactly once between two labels and `name{k="` only at the start of a line.
+    """
+    if "\\" in chunk or len(keys) > 2:
+        return False
+    lines = chunk.count("\n")
+    if not keys:
+        return ("\n" + chunk).count(f"\n{name} ") == lines
+    if chunk.count(f'{name}{{{keys[0]}="') != lines:
+        return False
+    if chunk.count('",') != lines * (len(keys) - 1):
+        return False
+    return all(chunk.count(f'",{key}="') == lines for key in keys[1:])
+
+
+@lru_cache(maxsize=1024)
+def _finder(
+    name: str, keys: tuple[str, ...], wanted: tuple[tuple[str, ...] | None, ...]
+) -> re.Pattern[str]:
+    """Finds the wanted lines of a chunk known to have the canonical shape with `keys`.
+
+    Not anchored at line starts: `re` then searches for its literal prefix (the family name)
+    at C speed, several times faster than trying `^` at every position. That is safe inside a
+    validated chunk of this family: a bare `name{key="` cannot occur inside a label value (its
+    quote would be escaped) nor in another family's line.
     """
     escaped = re.escape(name)
     if not keys:
-        line = rf"{escaped}(?:\{{\}})?[ \t]++(\S++)[ \t]*+\n"
-        return re.compile(rf"(?:{line})*+"), re.compile(line)
-    any_labels = ",".join(f'{re.escape(key)}="{_PLAIN_LABEL_VALUE}"' for key in keys)
-    shape = re.compile(rf"(?:{escaped}\{{{any_labels}\}}[ \t]++\S++[ \t]*+\n)*+")
+        return re.compile(rf"{escaped} (\S++)\n")
     captured = ",".join(
         f'{re.escape(key)}="({_PLAIN_LABEL_VALUE if allowed is None else _alternatives(allowed)})"'
         for key, allowed in zip(keys, wanted, strict=True)
     )
-    return shape, re.compile(rf"{escaped}\{{{captured}\}}[ \t]++(\S++)[ \t]*+\n")
+    return re.compile(rf"{escaped}\{{{captured}\}} (\S++)\n")
 
 
 def _alternatives(values: tuple[str, ...]) -> str:
@@ -224,6 +275,54 @@ def _labels_of(text: str) -> tuple[tuple[str, str], ...]:
     if "\\" in text:
         return tuple((name, _unescape_label(value)) for name, value in pairs)
     return tuple(pairs)
+
+
+# Starting at the brace or comma before a label lets `re` skip ahead to those characters.
+_CANONICAL_PAIR = re.compile(r'[{,]([a-zA-Z_][a-zA-Z0-9_]*+)="([^"]*+)"')
+# Builds a Sample without the Python-level __new__ a NamedTuple has: a third of the cost of
+# reading every sample of a body.
+_new_tuple = tuple.__new__
+_CANONICAL_VALUE_AT_END = re.compile(r" (\S++)\n")
+
+
+def _parse_canonical_run(chunk: str) -> tuple[Sample, ...] | None:
+    """All samples of a canonical run at C speed, or None when its shape needs `_parse_run`.
+
+    A canonical run has one sample name, no timestamps and, without backslashes, label pairs
+    that the pair pattern finds exactly; when every line has the same number of labels the
+    flat list of pairs cuts into one label set per line.
+    """
+    if "\\" in chunk:
+        return None
+    lines = chunk.count("\n")
+    brace = chunk.find("{")
+    name_end = chunk.find(" ")
+    values = map(float, _CANONICAL_VALUE_AT_END.findall(chunk))
+    if brace == -1 or brace > name_end:  # no labels on the first line, so on none of them
+        if chunk.count("{") != 0:
+            return None
+        name = chunk[:name_end]
+        return tuple(_new_tuple(Sample, (name, (), value, None)) for value in values)
+    name = chunk[:brace]
+    pairs = _CANONICAL_PAIR.findall(chunk)
+    width, extra = divmod(len(pairs), lines)
+    if extra or not width:
+        return None
+    first_key = pairs[0][0]
+    # Only a line's first label can start right after "{": lines of unequal widths would put
+    # another label at one of these positions.
+    if chunk.count(f'{name}{{{first_key}="') != lines or any(
+        key != first_key for key, _ in pairs[::width]
+    ):
+        return None
+    if width == 1:
+        label_sets = [(pair,) for pair in pairs]
+    else:
+        label_sets = [tuple(pairs[i : i + width]) for i in range(0, len(pairs), width)]
+    return tuple(
+        _new_tuple(Sample, (name, labels, value, None))
+        for labels, value in zip(label_sets, values, strict=True)
+    )
 
 
 def _parse_run(chunk: str) -> tuple[Sample, ...]:
@@ -275,65 +374,68 @@ def parse(text: str) -> ParsedBody:
     types: dict[str, str] = {}
     helps: dict[str, str] = {}
     first_seen: dict[str, int] = {}  # family or sample name -> position, for output order
-    runs: list[tuple[str, int, int]] = []
+    runs: list[tuple[str, int, int, bool]] = []  # sample name, start, end, canonical
     malformed = 0
     first_error: str | None = None
 
     for match in _STRUCTURE.finditer(text):
-        (
-            block_name,
-            block_help,
-            block_type,
-            block_run,
-            header_kind,
-            header_name,
-            header_text,
-            run_name,
-            bad,
-        ) = match.groups()
-        if block_name is not None:
-            types.setdefault(block_name, block_type)
-            if block_name not in helps:
-                helps[block_name] = _help_text(block_help, has_escapes)
-            if block_name not in first_seen:
-                first_seen[block_name] = match.start()
-            if block_run is not None:
-                runs.append((block_run, match.start(4), match.end()))
-        elif run_name is not None:
-            runs.append((run_name, match.start(), match.end()))
-        elif header_kind is not None:
-            if header_kind == "TYPE":
+        # The last group that took part tells which alternative matched (see _STRUCTURE).
+        last = match.lastindex
+        if last is None:
+            continue  # another comment, or a blank line
+        if last <= 5:  # a family block
+            name = match[1]
+            types.setdefault(name, match[3])
+            if name not in helps:
+                helps[name] = _help_text(match[2], has_escapes)
+            if name not in first_seen:
+                first_seen[name] = match.start()
+            if last >= 4:
+                runs.append((match[last], match.start(last), match.end(), last == 4))
+        elif last >= 9:
+            if last == 11:
+                malformed += 1
+                if first_error is None:
+                    first_error = _error_at(text, match.start(), _describe_bad_line(match[11]))
+            else:
+                runs.append((match[last], match.start(), match.end(), last == 9))
+        else:  # a lone header
+            kind, name, header_text = match[6], match[7], match[8]
+            if kind == "TYPE":
                 family_type = (header_text or "").strip()
                 if family_type not in METRIC_TYPES:
                     malformed += 1
                     if first_error is None:
                         first_error = _error_at(text, match.start(), "unknown metric type")
                     continue
-                types.setdefault(header_name, family_type)
-            elif header_name not in helps:
-                helps[header_name] = _help_text(header_text, has_escapes)
-            if header_name not in first_seen:
-                first_seen[header_name] = match.start()
-        elif bad is not None:
-            malformed += 1
-            if first_error is None:
-                first_error = _error_at(text, match.start(), _describe_bad_line(bad))
+                types.setdefault(name, family_type)
+            elif name not in helps:
+                helps[name] = _help_text(header_text, has_escapes)
+            if name not in first_seen:
+                first_seen[name] = match.start()
 
-    chunks: dict[str, list[str]] = {}
-    for run_name, start, end in runs:
-        owner = _owner(run_name, types)
+    chunks: dict[str, list[tuple[str, bool]]] = {}
+    owners: dict[str, str] = {}
+    for run_name, start, end, canonical in runs:
+        owner = owners.get(run_name)
+        if owner is None:
+            owner = owners[run_name] = _owner(run_name, types)
         owner_chunks = chunks.get(owner)
         if owner_chunks is None:
-            chunks[owner] = [text[start:end]]
+            chunks[owner] = [(text[start:end], canonical)]
             if first_seen.get(owner, start) >= start:
                 first_seen[owner] = start
         else:
-            owner_chunks.append(text[start:end])
+            owner_chunks.append((text[start:end], canonical))
 
     names = types.keys() | helps.keys() | chunks.keys()
     families = {
         name: Family(
-            name, types.get(name, "untyped"), helps.get(name, ""), tuple(chunks.get(name, ()))
+            name,
+            types.get(name, "untyped"),
+            helps.get(name, ""),
+            tuple(chunk for chunk, _ in chunks.get(name, ())),
+            tuple(canonical for _, canonical in chunks.get(name, ())),
         )
         for name in sorted(names, key=first_seen.__getitem__)
     }

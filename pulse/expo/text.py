@@ -22,12 +22,13 @@ def format_value(value: float) -> str:
     the decimal exponent is below -4 or at least 6, exponent with a sign and two digits at
     least: 1.24928e+06, 2.4e-05, 57736.472, 20480.
     """
-    if not isinstance(value, float):
-        value = float(value)  # an int is a valid float argument, but lacks is_integer() on 3.11
+    value = float(value)  # an int is a valid argument, but lacks is_integer() on Python 3.11
     if value == 0:
         return "0"  # also -0, as expfmt does
     if value.is_integer() and -_INTEGER_DIGITS_LIMIT < value < _INTEGER_DIGITS_LIMIT:
         return str(int(value))
+    if 1e-4 <= abs(value) < _INTEGER_DIGITS_LIMIT:
+        return repr(value)  # Python's repr is Go's shortest %g in this range
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):

@@ -31,10 +31,12 @@ def demo_config(config: Config, base: Path, cri_socket: Path) -> Config:
 
 async def run_demo(config: Config, sandboxes: int, churn_every: float, seed: int | None) -> None:
     rng = random.Random(seed)
-    with tempfile.TemporaryDirectory(prefix="kata-pulse-demo-") as tmp:
+    # Under /tmp with a short name: a Unix socket path may not exceed 107 bytes, and the
+    # simulated sandboxes' sockets sit 90 bytes below this directory.
+    with tempfile.TemporaryDirectory(prefix="kp", dir="/tmp") as tmp:
         base = Path(tmp)
         cri_socket = base / "cri.sock"
-        with SimulatedCri(cri_socket).start() as cri:
+        with SimulatedCri(cri_socket) as cri:
             async with open_fleet(base, cri=cri, seed=seed) as fleet:
                 for _ in range(sandboxes):
                     await fleet.add(rng.choice(DEMO_FLAVOURS))

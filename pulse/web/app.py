@@ -16,6 +16,12 @@ from pulse.pipeline import assemble_cadvisor, assemble_kata
 from pulse.selfmetrics import WebCounters, render_agent
 from pulse.snapshot import Reader, SandboxView, Snapshot
 from pulse.web.metrics_cache import Assembled, AssemblyCache
+from pulse.web.stream import (
+    dashboard_page,
+    prefers_html,
+    register_dashboard_assets,
+    register_stream,
+)
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 PLAIN_TEXT = "text/plain; charset=utf-8"
@@ -126,9 +132,13 @@ def create_app(config: Config, board: Reader[Snapshot], web: WebState) -> QuartT
 
     @app.get("/")
     async def index() -> Response:
+        if prefers_html(request.headers.get("Accept", "")):
+            return dashboard_page()
         lines = [f"kata-pulse {__version__}: Kata Containers metrics agent", ""]
         lines += [f"{path:<20} {what}" for path, what in ENDPOINTS]
-        return _text("\n".join(lines))
+        response = _text("\n".join(lines))
+        response.headers["Vary"] = "Accept"
+        return response
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -177,4 +187,6 @@ def create_app(config: Config, board: Reader[Snapshot], web: WebState) -> QuartT
         body = json.dumps([sandbox_json(view) for view in snapshot.sandboxes.values()], indent=1)
         return Response(body + "\n", 200, content_type="application/json")
 
+    register_dashboard_assets(app)
+    register_stream(app, config, board, web)
     return app

@@ -48,11 +48,11 @@ def collector_task_names() -> list[str]:
     return [name for name in names if name.startswith("collector:")]
 
 
-async def test_discovery_first_metrics_and_removal(tmp_path: Path) -> None:
-    async with open_fleet(tmp_path, seed=1) as fleet:
+async def test_discovery_first_metrics_and_removal(sim_dir: Path) -> None:
+    async with open_fleet(sim_dir, seed=1) as fleet:
         go_box = await fleet.add(Flavour.GO)
         rust_box = await fleet.add(Flavour.RUST)
-        config = agent_config(fleet, tmp_path / "no-cri.sock", metrics_interval=30.0)
+        config = agent_config(fleet, sim_dir / "no-cri.sock", metrics_interval=30.0)
         async with running_agent(config) as agent, http_client(agent) as client:
             # Metrics of sandboxes present at start: at once, not after the 30 s interval.
             for box in (go_box, rust_box):
@@ -85,19 +85,19 @@ async def test_discovery_first_metrics_and_removal(tmp_path: Path) -> None:
             assert go_box.sandbox_id not in (await client.get("/metrics/kata")).text
 
 
-async def test_root_created_after_start(tmp_path: Path) -> None:
-    async with open_fleet(tmp_path, seed=2) as fleet:
-        late_root = tmp_path / "late" / "kata"
-        config = agent_config(fleet, tmp_path / "no-cri.sock", sandbox_dirs=(late_root,))
+async def test_root_created_after_start(sim_dir: Path) -> None:
+    async with open_fleet(sim_dir, seed=2) as fleet:
+        late_root = sim_dir / "l" / "kata"
+        config = agent_config(fleet, sim_dir / "no-cri.sock", sandbox_dirs=(late_root,))
         async with running_agent(config) as agent, http_client(agent) as client:
             assert (await client.get("/readyz")).status_code == 200
             box = await fleet.add(Flavour.RUST, root=late_root)
             await eventually(lambda: has_data(client, box.sandbox_id), timeout=3)
 
 
-async def test_socket_appearing_after_the_directory(tmp_path: Path) -> None:
-    async with open_fleet(tmp_path, seed=3) as fleet:
-        config = agent_config(fleet, tmp_path / "no-cri.sock")
+async def test_socket_appearing_after_the_directory(sim_dir: Path) -> None:
+    async with open_fleet(sim_dir, seed=3) as fleet:
+        config = agent_config(fleet, sim_dir / "no-cri.sock")
         async with running_agent(config) as agent, http_client(agent) as client:
             box = await fleet.add(Flavour.GO, with_socket=False)
             await eventually(
@@ -113,12 +113,12 @@ async def _state_is(client: httpx.AsyncClient, sandbox_id: str, *states: str) ->
     return item is not None and item["state"] in states
 
 
-async def test_hung_shim_never_delays_other_sandboxes(tmp_path: Path) -> None:
-    async with open_fleet(tmp_path, seed=4) as fleet:
+async def test_hung_shim_never_delays_other_sandboxes(sim_dir: Path) -> None:
+    async with open_fleet(sim_dir, seed=4) as fleet:
         hung = await fleet.add(Flavour.GO, behaviour=Behaviour.HANG)
         trickling = await fleet.add(Flavour.GO, behaviour=Behaviour.TRICKLE)
         healthy = [await fleet.add(Flavour.GO) for _ in range(3)]
-        config = agent_config(fleet, tmp_path / "no-cri.sock", shim_timeout=20.0)
+        config = agent_config(fleet, sim_dir / "no-cri.sock", shim_timeout=20.0)
         async with running_agent(config) as agent, http_client(agent) as client:
             for box in healthy:
                 # Well inside the hung shims' 20 s timeout.
@@ -138,12 +138,12 @@ async def test_hung_shim_never_delays_other_sandboxes(tmp_path: Path) -> None:
     ],
 )
 async def test_bad_shim_is_reported_and_does_not_disturb_others(
-    tmp_path: Path, behaviour: Behaviour, reason: str
+    sim_dir: Path, behaviour: Behaviour, reason: str
 ) -> None:
-    async with open_fleet(tmp_path, seed=5) as fleet:
+    async with open_fleet(sim_dir, seed=5) as fleet:
         bad = await fleet.add(Flavour.GO, behaviour=behaviour)
         good = await fleet.add(Flavour.GO)
-        config = agent_config(fleet, tmp_path / "no-cri.sock", shim_max_body=4 * 1024 * 1024)
+        config = agent_config(fleet, sim_dir / "no-cri.sock", shim_max_body=4 * 1024 * 1024)
         async with running_agent(config) as agent, http_client(agent) as client:
             await eventually(lambda: has_data(client, good.sandbox_id), timeout=3)
             await eventually(lambda: _state_is(client, bad.sandbox_id, "down"), timeout=3)
@@ -156,12 +156,12 @@ async def test_bad_shim_is_reported_and_does_not_disturb_others(
             assert f'name="{bad.sandbox_id}"' not in metrics
 
 
-async def test_last_good_data_is_kept_until_stale_then_dropped(tmp_path: Path) -> None:
-    async with open_fleet(tmp_path, seed=6) as fleet:
+async def test_last_good_data_is_kept_until_stale_then_dropped(sim_dir: Path) -> None:
+    async with open_fleet(sim_dir, seed=6) as fleet:
         box = await fleet.add(Flavour.GO)
         # stale after 2 x 0.3 + 0.2 = 0.8 s
         config = agent_config(
-            fleet, tmp_path / "no-cri.sock", metrics_interval=0.3, shim_timeout=0.2
+            fleet, sim_dir / "no-cri.sock", metrics_interval=0.3, shim_timeout=0.2
         )
         async with running_agent(config) as agent, http_client(agent) as client:
             await eventually(lambda: has_data(client, box.sandbox_id), timeout=2)
@@ -174,10 +174,10 @@ async def test_last_good_data_is_kept_until_stale_then_dropped(tmp_path: Path) -
             await eventually(lambda: has_data(client, box.sandbox_id), timeout=2)
 
 
-async def test_metrics_endpoints_formats_and_queries(tmp_path: Path) -> None:
-    async with open_fleet(tmp_path, seed=7) as fleet:
+async def test_metrics_endpoints_formats_and_queries(sim_dir: Path) -> None:
+    async with open_fleet(sim_dir, seed=7) as fleet:
         boxes = [await fleet.add(Flavour.GO) for _ in range(2)]
-        config = agent_config(fleet, tmp_path / "no-cri.sock")
+        config = agent_config(fleet, sim_dir / "no-cri.sock")
         async with running_agent(config) as agent, http_client(agent) as client:
             for box in boxes:
                 await eventually(lambda box=box: has_data(client, box.sandbox_id), timeout=2)
@@ -189,7 +189,9 @@ async def test_metrics_endpoints_formats_and_queries(tmp_path: Path) -> None:
             zipped = await client.get("/metrics", headers={"Accept-Encoding": "gzip"})
             assert zipped.headers["content-encoding"] == "gzip"
             assert zipped.headers["vary"] == "Accept-Encoding"
-            same_version = await client.get("/metrics/cadvisor", headers={"Accept-Encoding": "gzip"})
+            same_version = await client.get(
+                "/metrics/cadvisor", headers={"Accept-Encoding": "gzip"}
+            )
             body = same_version.text
             assert body.count("# TYPE container_memory_working_set_bytes ") == 1
 
@@ -217,10 +219,10 @@ async def test_metrics_endpoints_formats_and_queries(tmp_path: Path) -> None:
             assert "/metrics" in index.text and "/sandboxes" in index.text
 
 
-async def test_gzip_body_on_the_wire_decompresses_to_the_plain_body(tmp_path: Path) -> None:
-    async with open_fleet(tmp_path, seed=8) as fleet:
+async def test_gzip_body_on_the_wire_decompresses_to_the_plain_body(sim_dir: Path) -> None:
+    async with open_fleet(sim_dir, seed=8) as fleet:
         box = await fleet.add(Flavour.GO)
-        config = agent_config(fleet, tmp_path / "no-cri.sock")
+        config = agent_config(fleet, sim_dir / "no-cri.sock")
         async with running_agent(config) as agent, http_client(agent) as client:
             await eventually(lambda: has_data(client, box.sandbox_id), timeout=2)
             path = f"/metrics?sandbox={box.sandbox_id}"  # no per-request tail: bodies comparable
@@ -230,10 +232,10 @@ async def test_gzip_body_on_the_wire_decompresses_to_the_plain_body(tmp_path: Pa
             assert gzip.decompress(compressed) == plain
 
 
-async def test_sandboxes_json_is_an_array_with_the_rust_agent_keys(tmp_path: Path) -> None:
-    async with open_fleet(tmp_path, seed=9) as fleet:
+async def test_sandboxes_json_is_an_array_with_the_rust_agent_keys(sim_dir: Path) -> None:
+    async with open_fleet(sim_dir, seed=9) as fleet:
         box = await fleet.add(Flavour.FIRECRACKER)
-        config = agent_config(fleet, tmp_path / "no-cri.sock")
+        config = agent_config(fleet, sim_dir / "no-cri.sock")
         async with running_agent(config) as agent, http_client(agent) as client:
             await eventually(lambda: _state_is(client, box.sandbox_id, "up"), timeout=2)
             data = json.loads((await client.get("/sandboxes")).text)

@@ -23,17 +23,34 @@ def _same_value(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
+def _counter_name(name: str) -> str:
+    # prometheus_client follows OpenMetrics for counters: the family loses a `_total`
+    # suffix and every sample gains one. Compare names without it.
+    return name.removesuffix("_total")
+
+
 def assert_agrees_with_prometheus_client(text: str) -> None:
     parsed = parse(text)
     assert parsed.malformed_lines == 0, parsed.first_error
     reference = {family.name: family for family in text_string_to_metric_families(text)}
-    assert list(parsed.families) == list(reference)
-    for name, family in parsed.families.items():
+    ours = {
+        _counter_name(name) if family.type == "counter" else name: family
+        for name, family in parsed.families.items()
+    }
+    assert list(ours) == list(reference)
+    for name, family in ours.items():
         expected = reference[name]
         assert family.type == ("untyped" if expected.type == "unknown" else expected.type)
         assert family.help == expected.documentation
-        got = [(s.name, dict(s.labels), s.value) for s in family.samples]
-        want = [(s.name, s.labels, s.value) for s in expected.samples]
+        counter = family.type == "counter"
+        got = [
+            (_counter_name(s.name) if counter else s.name, dict(s.labels), s.value)
+            for s in family.samples
+        ]
+        want = [
+            (_counter_name(s.name) if counter else s.name, s.labels, s.value)
+            for s in expected.samples
+        ]
         assert [g[:2] for g in got] == [w[:2] for w in want], name
         assert all(_same_value(g[2], w[2]) for g, w in zip(got, want, strict=True)), name
 
