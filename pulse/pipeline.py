@@ -23,8 +23,8 @@ from pulse.cadvisor import (
     extract_guest,
 )
 from pulse.config import Config
-from pulse.expo.text import assemble
 from pulse.expo.parser import parse
+from pulse.expo.text import assemble
 from pulse.model import Labels
 from pulse.selfmetrics import SANDBOX_HEADERS
 from pulse.snapshot import Block, LiveStats, SandboxView, Snapshot

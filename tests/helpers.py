@@ -46,11 +46,16 @@ async def http_client(agent: RunningAgent) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 5.0, every: float = 0.02
-) -> T:
-    """Poll `probe` until it returns something other than None (or False); fail after timeout."""
-    with trio.fail_after(timeout):
+WAIT_LIMIT = 10.0  # a generous bound for waits whose duration is not what a test is about
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], *, every: float = 0.02) -> T:
+    """Poll `probe` until it returns something other than None or False.
+
+    Bounded by WAIT_LIMIT; a test that asserts a tighter bound wraps the call in its own
+    `trio.fail_after`.
+    """
+    with trio.fail_after(WAIT_LIMIT):
         while True:
             result = await probe()
             if result is not None and result is not False:

@@ -56,7 +56,8 @@ async def test_discovery_first_metrics_and_removal(sim_dir: Path) -> None:
         async with running_agent(config) as agent, http_client(agent) as client:
             # Metrics of sandboxes present at start: at once, not after the 30 s interval.
             for box in (go_box, rust_box):
-                await eventually(lambda box=box: has_data(client, box.sandbox_id), timeout=2)
+                with trio.fail_after(2):
+                    await eventually(lambda box=box: has_data(client, box.sandbox_id))
             listed = await sandboxes(client)
             assert listed[go_box.sandbox_id]["root"] == str(fleet.go_root)
             assert listed[rust_box.sandbox_id]["root"] == str(fleet.rust_root)
@@ -68,7 +69,8 @@ async def test_discovery_first_metrics_and_removal(sim_dir: Path) -> None:
             new_go = await fleet.add(Flavour.GO)
             new_rust = await fleet.add(Flavour.RUST)
             for box in (new_go, new_rust):
-                await eventually(lambda box=box: has_data(client, box.sandbox_id), timeout=2)
+                with trio.fail_after(2):
+                    await eventually(lambda box=box: has_data(client, box.sandbox_id))
             assert len(collector_task_names()) == 4
 
             # Removal: the collector is cancelled and nothing of the sandbox stays.
@@ -92,7 +94,8 @@ async def test_root_created_after_start(sim_dir: Path) -> None:
         async with running_agent(config) as agent, http_client(agent) as client:
             assert (await client.get("/readyz")).status_code == 200
             box = await fleet.add(Flavour.RUST, root=late_root)
-            await eventually(lambda: has_data(client, box.sandbox_id), timeout=3)
+            with trio.fail_after(3):
+                await eventually(lambda: has_data(client, box.sandbox_id))
 
 
 async def test_socket_appearing_after_the_directory(sim_dir: Path) -> None:
@@ -100,12 +103,12 @@ async def test_socket_appearing_after_the_directory(sim_dir: Path) -> None:
         config = agent_config(fleet, sim_dir / "no-cri.sock")
         async with running_agent(config) as agent, http_client(agent) as client:
             box = await fleet.add(Flavour.GO, with_socket=False)
-            await eventually(
-                lambda: _state_is(client, box.sandbox_id, "pending", "down"), timeout=2
-            )
+            with trio.fail_after(2):
+                await eventually(lambda: _state_is(client, box.sandbox_id, "pending", "down"))
             await trio.sleep(0.3)  # the directory exists for a while without a socket
             await fleet.start_shim(box)
-            await eventually(lambda: has_data(client, box.sandbox_id), timeout=2)
+            with trio.fail_after(2):
+                await eventually(lambda: has_data(client, box.sandbox_id))
 
 
 async def _state_is(client: httpx.AsyncClient, sandbox_id: str, *states: str) -> bool:
@@ -122,7 +125,8 @@ async def test_hung_shim_never_delays_other_sandboxes(sim_dir: Path) -> None:
         async with running_agent(config) as agent, http_client(agent) as client:
             for box in healthy:
                 # Well inside the hung shims' 20 s timeout.
-                await eventually(lambda box=box: has_data(client, box.sandbox_id), timeout=2)
+                with trio.fail_after(2):
+                    await eventually(lambda box=box: has_data(client, box.sandbox_id))
             listed = await sandboxes(client)
             assert listed[hung.sandbox_id]["state"] == "pending"
             assert listed[trickling.sandbox_id]["state"] == "pending"
@@ -145,8 +149,10 @@ async def test_bad_shim_is_reported_and_does_not_disturb_others(
         good = await fleet.add(Flavour.GO)
         config = agent_config(fleet, sim_dir / "no-cri.sock", shim_max_body=4 * 1024 * 1024)
         async with running_agent(config) as agent, http_client(agent) as client:
-            await eventually(lambda: has_data(client, good.sandbox_id), timeout=3)
-            await eventually(lambda: _state_is(client, bad.sandbox_id, "down"), timeout=3)
+            with trio.fail_after(3):
+                await eventually(lambda: has_data(client, good.sandbox_id))
+            with trio.fail_after(3):
+                await eventually(lambda: _state_is(client, bad.sandbox_id, "down"))
             item = (await sandboxes(client))[bad.sandbox_id]
             assert item["last_error_reason"] == reason
             assert item["last_error"]
@@ -164,14 +170,18 @@ async def test_last_good_data_is_kept_until_stale_then_dropped(sim_dir: Path) ->
             fleet, sim_dir / "no-cri.sock", metrics_interval=0.3, shim_timeout=0.2
         )
         async with running_agent(config) as agent, http_client(agent) as client:
-            await eventually(lambda: has_data(client, box.sandbox_id), timeout=2)
+            with trio.fail_after(2):
+                await eventually(lambda: has_data(client, box.sandbox_id))
             box.shim.behaviour = Behaviour.ERROR
-            await eventually(lambda: _state_is(client, box.sandbox_id, "degraded"), timeout=2)
+            with trio.fail_after(2):
+                await eventually(lambda: _state_is(client, box.sandbox_id, "degraded"))
             assert await has_data(client, box.sandbox_id)  # still served while fresh
-            await eventually(lambda: _state_is(client, box.sandbox_id, "down"), timeout=3)
+            with trio.fail_after(3):
+                await eventually(lambda: _state_is(client, box.sandbox_id, "down"))
             assert not await has_data(client, box.sandbox_id)
             box.shim.behaviour = Behaviour.HEALTHY
-            await eventually(lambda: has_data(client, box.sandbox_id), timeout=2)
+            with trio.fail_after(2):
+                await eventually(lambda: has_data(client, box.sandbox_id))
 
 
 async def test_metrics_endpoints_formats_and_queries(sim_dir: Path) -> None:
@@ -180,7 +190,8 @@ async def test_metrics_endpoints_formats_and_queries(sim_dir: Path) -> None:
         config = agent_config(fleet, sim_dir / "no-cri.sock")
         async with running_agent(config) as agent, http_client(agent) as client:
             for box in boxes:
-                await eventually(lambda box=box: has_data(client, box.sandbox_id), timeout=2)
+                with trio.fail_after(2):
+                    await eventually(lambda box=box: has_data(client, box.sandbox_id))
             plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
             assert plain.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
             assert "content-encoding" not in plain.headers
@@ -224,7 +235,8 @@ async def test_gzip_body_on_the_wire_decompresses_to_the_plain_body(sim_dir: Pat
         box = await fleet.add(Flavour.GO)
         config = agent_config(fleet, sim_dir / "no-cri.sock")
         async with running_agent(config) as agent, http_client(agent) as client:
-            await eventually(lambda: has_data(client, box.sandbox_id), timeout=2)
+            with trio.fail_after(2):
+                await eventually(lambda: has_data(client, box.sandbox_id))
             path = f"/metrics?sandbox={box.sandbox_id}"  # no per-request tail: bodies comparable
             async with client.stream("GET", path, headers={"Accept-Encoding": "gzip"}) as wire:
                 compressed = b"".join([part async for part in wire.aiter_raw()])
@@ -237,7 +249,8 @@ async def test_sandboxes_json_is_an_array_with_the_rust_agent_keys(sim_dir: Path
         box = await fleet.add(Flavour.FIRECRACKER)
         config = agent_config(fleet, sim_dir / "no-cri.sock")
         async with running_agent(config) as agent, http_client(agent) as client:
-            await eventually(lambda: _state_is(client, box.sandbox_id, "up"), timeout=2)
+            with trio.fail_after(2):
+                await eventually(lambda: _state_is(client, box.sandbox_id, "up"))
             data = json.loads((await client.get("/sandboxes")).text)
             assert isinstance(data, list) and len(data) == 1
             assert {"sandbox_id", "pod_name", "namespace", "uid"} <= set(data[0])
