@@ -111,20 +111,6 @@ class AgentCounters:
     sandboxes_seen_total: int = 0
 
 
-class ChangeKind:
-    APPEARED = "appeared"
-    UPDATED = "updated"
-    GONE = "gone"
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """What made this snapshot differ from the one before; live views stream these."""
-
-    kind: str
-    sandbox_id: str
-
-
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     version: int
@@ -133,7 +119,6 @@ class Snapshot:
     sandboxes: Mapping[str, SandboxView]  # sorted by sandbox id
     cri: CriStatus
     counters: AgentCounters
-    changes: tuple[Change, ...] = ()
 
 
 T = TypeVar("T")

@@ -39,8 +39,6 @@ from pulse.selfmetrics import render_sandbox_own
 from pulse.snapshot import (
     AgentCounters,
     Board,
-    Change,
-    ChangeKind,
     CriStatus,
     SandboxView,
     Snapshot,
@@ -72,7 +70,7 @@ class _State:
     cri_synced_once: bool = False
     version: int = 0
     generations: int = 0
-    changes: list[Change] = field(default_factory=list)
+    dirty: bool = False  # something changed since the last published snapshot
 
 
 class CacheOwner:
@@ -128,7 +126,7 @@ class CacheOwner:
             self._cri_failed(message)
         elif isinstance(message, InitialScanDone):
             self._state.scan_done = True
-            self._state.changes.append(Change(ChangeKind.UPDATED, ""))
+            self._state.dirty = True
 
     # --- sandboxes coming and going ---
 
@@ -162,7 +160,7 @@ class CacheOwner:
             state.counters = replace(
                 state.counters, sandboxes_seen_total=state.counters.sandboxes_seen_total + 1
             )
-            state.changes.append(Change(ChangeKind.APPEARED, message.sandbox_id))
+            state.dirty = True
             log.info(
                 "sandbox discovered",
                 sandbox_id=message.sandbox_id,
@@ -173,7 +171,7 @@ class CacheOwner:
         else:
             # The same sandbox now lives under another root: collect from there.
             self._update(entry, root=message.root, kind=message.kind)
-            state.changes.append(Change(ChangeKind.UPDATED, message.sandbox_id))
+            state.dirty = True
         await self._apply_collection_policy(entry, restart=True)
 
     async def _gone(self, message: SandboxGone) -> None:
@@ -182,7 +180,7 @@ class CacheOwner:
             return
         if entry.generation:
             await self._to_supervisor.send(StopCollecting(message.sandbox_id))
-        self._state.changes.append(Change(ChangeKind.GONE, message.sandbox_id))
+        self._state.dirty = True
         log.info("sandbox removed", sandbox_id=message.sandbox_id, root=message.root)
 
     async def _apply_collection_policy(self, entry: _Entry, *, restart: bool = False) -> None:
@@ -267,7 +265,7 @@ class CacheOwner:
         entry.rendering = rendering
         entry.view = rendering.apply(view)
         self._update(entry)
-        self._state.changes.append(Change(ChangeKind.UPDATED, message.sandbox_id))
+        self._state.dirty = True
 
     def _scrape_failed(self, message: ScrapeFailed) -> None:
         entry = self._current_entry(message.sandbox_id, message.generation)
@@ -304,7 +302,7 @@ class CacheOwner:
         )
         if not fresh:
             self._drop_data(entry)
-        self._state.changes.append(Change(ChangeKind.UPDATED, message.sandbox_id))
+        self._state.dirty = True
 
     # --- staleness ---
 
@@ -335,7 +333,7 @@ class CacheOwner:
                 )
                 self._update(entry, state=SandboxState.DOWN)
                 self._drop_data(entry)
-                self._state.changes.append(Change(ChangeKind.UPDATED, entry.view.sandbox_id))
+                self._state.dirty = True
 
     def _drop_data(self, entry: _Entry) -> None:
         entry.digest = None
@@ -370,7 +368,7 @@ class CacheOwner:
                 entry.rendering = self._renderer.rerender(entry.view, entry.digest, entry.rendering)
                 entry.view = entry.rendering.apply(entry.view)
             await self._apply_collection_policy(entry)
-            state.changes.append(Change(ChangeKind.UPDATED, sandbox_id))
+            state.dirty = True
 
     def _cri_failed(self, message: CriSyncFailed) -> None:
         cri = self._state.cri
@@ -381,13 +379,13 @@ class CacheOwner:
             sync_errors_total=cri.sync_errors_total + 1,
             sync_seconds=cri.sync_seconds.observe(message.duration),
         )
-        self._state.changes.append(Change(ChangeKind.UPDATED, ""))
+        self._state.dirty = True
 
     # --- publication ---
 
     def _publish_if_changed(self) -> None:
         state = self._state
-        if not state.changes and state.version:
+        if not state.dirty and state.version:
             return
         state.version += 1
         self._board.publish(
@@ -398,10 +396,9 @@ class CacheOwner:
                 sandboxes={sid: state.entries[sid].view for sid in sorted(state.entries)},
                 cri=state.cri,
                 counters=state.counters,
-                changes=tuple(state.changes),
             )
         )
-        state.changes = []
+        state.dirty = False
 
     def publish_initial(self) -> None:
         self._publish_if_changed()
