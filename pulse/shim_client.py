@@ -69,16 +69,22 @@ async def _exchange(stream: trio.SocketStream, target: str, max_body: int) -> by
     status = 0
     chunks: list[bytes] = []
     size = 0
+    received = 0
     while True:
         try:
             event = connection.next_event()
         except h11.RemoteProtocolError as err:
+            if received == 0:
+                # Closed without a byte of answer: the shim went away (it is being torn
+                # down, or crashed), which is a connection failure, not a malformed reply.
+                raise ShimError(ScrapeFailure.CONNECT, "closed without a response") from None
             raise ShimError(ScrapeFailure.PROTOCOL, f"malformed HTTP response: {err}") from None
         if event is h11.NEED_DATA:
             try:
                 data = await stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, OSError) as err:
                 raise ShimError(ScrapeFailure.CONNECT, f"reading response: {err}") from None
+            received += len(data)
             connection.receive_data(data)
             continue
         if isinstance(event, h11.Response):

@@ -281,7 +281,9 @@ class CacheOwner:
         )
         if not entry.failing:
             # One line per transition into failure; the sandbox's state carries the rest.
-            quiet = message.reason is ScrapeFailure.NO_SOCKET and not entry.view.scrapes_total
+            # No socket, or nobody listening on it, is a shim starting or stopping: routine,
+            # and its state shows it. Should it last, the stale-data drop warns once.
+            quiet = message.reason in (ScrapeFailure.NO_SOCKET, ScrapeFailure.CONNECT)
             (log.debug if quiet else log.warning)(
                 "sandbox scrape failed",
                 sandbox_id=message.sandbox_id,
@@ -326,10 +328,12 @@ class CacheOwner:
                 and entry.success_clock is not None
                 and self._is_stale(entry.success_clock)
             ):
-                log.info(
-                    "dropping stale data",
+                log.warning(
+                    "dropping stale data of a failing sandbox",
                     sandbox_id=entry.view.sandbox_id,
                     age=round(trio.current_time() - entry.success_clock, 3),
+                    reason=entry.view.last_error_reason,
+                    error=entry.view.last_error,
                 )
                 self._update(entry, state=SandboxState.DOWN)
                 self._drop_data(entry)

@@ -90,6 +90,12 @@ async def run_collector(
     next_delay = rng.uniform(0.0, settings.interval)
     while True:
         result = await collect_once(sandbox_id, generation, socket_path, settings)
+        if isinstance(result, ScrapeFailed) and not socket_path.parent.is_dir():
+            # The sandbox is being torn down (kata #13735): not an error, and the watcher's
+            # SandboxGone will cancel this collector in a moment.
+            log.debug("scrape raced the sandbox's teardown", sandbox_id=sandbox_id)
+            await trio.sleep(SOCKET_RETRY_MAX)
+            continue
         if isinstance(result, ScrapeFailed) and result.reason in SOCKET_NOT_READY:
             # A shim that is starting (no socket, or bound but not listening yet) is retried
             # quickly; its failure is reported once per episode, not on every retry.

@@ -125,7 +125,13 @@ class SimulatedFleet:
         if root is None:
             root = self.rust_root if flavour in RUST_FLAVOURS else self.go_root
         now = time.time()
-        guest = SimulatedGuest(sandbox_id, flavour, seed=self._rng.getrandbits(32))
+        # Booted a little before it appears: counters start near zero, as a new pod's do.
+        guest = SimulatedGuest(
+            sandbox_id,
+            flavour,
+            seed=self._rng.getrandbits(32),
+            boot_time=now - self._rng.uniform(5.0, 600.0),
+        )
         directory = root / sandbox_id
         shim = SimulatedShim(
             directory / SHIM_SOCKET,
@@ -158,6 +164,14 @@ class SimulatedFleet:
         shutil.rmtree(sandbox.directory, ignore_errors=True)
         if self.cri is not None:
             self.cri.remove_pod(sandbox_id)
+
+    async def teardown(self, sandbox_id: str, gap: float = 0.2) -> None:
+        """Stop a sandbox in Kata's order: the shim and its socket go first, the directory
+        `gap` seconds later. Scrapes in between find no socket (kata #13735)."""
+        sandbox = self.sandboxes[sandbox_id]
+        sandbox.scope.cancel()
+        await trio.sleep(gap)
+        self.remove(sandbox_id)
 
     def _with_stats(self, sandbox: SimSandbox, now: float) -> PodMeta:
         """The pod with per-container stats that add up to less than the VM uses."""

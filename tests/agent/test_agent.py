@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 import trio
 
 from pulse.sim.bodies import Flavour
-from pulse.sim.fleet import open_fleet
+from pulse.sim.fleet import SimSandbox, open_fleet
 from pulse.sim.shim import Behaviour
 from tests.helpers import agent_config, eventually, http_client, running_agent
 
@@ -85,6 +86,31 @@ async def test_discovery_first_metrics_and_removal(sim_dir: Path) -> None:
             await eventually(gone)
             assert len(collector_task_names()) == 3
             assert go_box.sandbox_id not in (await client.get("/metrics/kata")).text
+
+
+async def test_teardown_races_are_not_logged_as_errors(
+    sim_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_fleet(sim_dir, seed=10) as fleet:
+        boxes = [await fleet.add(Flavour.GO) for _ in range(6)]
+        # Collections every 50 ms make a scrape during teardown likely.
+        config = agent_config(fleet, sim_dir / "no-cri.sock", metrics_interval=0.05)
+        async with running_agent(config) as agent, http_client(agent) as client:
+            for box in boxes:
+                with trio.fail_after(2):
+                    await eventually(lambda box=box: has_data(client, box.sandbox_id))
+            caplog.clear()
+            async with trio.open_nursery() as nursery:
+                for box in boxes:
+                    nursery.start_soon(fleet.teardown, box.sandbox_id)
+            with trio.fail_after(2):
+                await eventually(lambda: _all_gone(client, boxes))
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name != "pulse.cri"]
+    assert loud == [], [(r.getMessage(), getattr(r, "pulse_fields", {})) for r in loud]
+
+
+async def _all_gone(client: httpx.AsyncClient, boxes: list[SimSandbox]) -> bool:
+    return not set(await sandboxes(client)) & {box.sandbox_id for box in boxes}
 
 
 async def test_root_created_after_start(sim_dir: Path) -> None:

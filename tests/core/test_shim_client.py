@@ -78,3 +78,21 @@ async def test_hung_shim_is_bounded_by_the_callers_cancel_scope(
         await fetch(shim.socket_path, "/metrics", max_body=1024)
     assert scope.cancelled_caught
     assert trio.current_time() == pytest.approx(3)
+
+
+async def test_shim_closing_without_a_byte_is_a_connection_failure(tmp_path: Path) -> None:
+    """What a shim being torn down mid-request looks like; not a malformed response."""
+
+    async def close_at_once(stream: trio.SocketStream) -> None:
+        await stream.receive_some(4096)
+        await stream.aclose()
+
+    sock = trio.socket.socket(trio.socket.AF_UNIX)
+    await sock.bind(str(tmp_path / "s.sock"))
+    sock.listen(1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, close_at_once, [trio.SocketListener(sock)])
+        with pytest.raises(ShimError) as caught:
+            await fetch(tmp_path / "s.sock", "/metrics", max_body=1024)
+        assert caught.value.reason is ScrapeFailure.CONNECT
+        nursery.cancel_scope.cancel()

@@ -15,8 +15,9 @@ from pulse.sim.cri import SimulatedCri
 
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
-    # Unix socket paths are limited to 107 bytes; pytest's tmp_path can be longer.
-    path = Path(tempfile.mkdtemp(prefix="kp-cri-", dir="/tmp"))
+    # Unix socket paths are limited to 107 bytes; pytest's tmp_path is longer. Shims live at
+    # <base>/vc/sbs/<64 hex>/shim-monitor.sock, so the base must stay this short.
+    path = Path(tempfile.mkdtemp(prefix="k", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

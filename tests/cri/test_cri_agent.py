@@ -34,7 +34,7 @@ class World:
 @pytest.fixture
 async def world(short_tmp: Path, sim_cri: SimulatedCri) -> AsyncIterator[World]:
     async with (
-        open_fleet(short_tmp / "run", cri=sim_cri, seed=7) as fleet,
+        open_fleet(short_tmp, cri=sim_cri, seed=7) as fleet,
         running_agent(runtime_endpoint=sim_cri.socket_path, sandbox_dirs=fleet.roots) as agent,
     ):
         yield World(sim_cri, fleet, agent)
@@ -123,7 +123,7 @@ async def test_sandbox_unknown_to_the_cri_is_collected_and_labelled_later(world:
 
     row = await world.agent.wait_for(collected_without_labels)
     assert (row["pod_name"], row["namespace"], row["uid"]) == ("", "", "")
-    assert row["state"] == "up"
+    assert row["state"] == "up", row
 
     world.cri.set_pod(sandbox.pod)
     row = await world.agent.wait_for(row_with_pod(sandbox.sandbox_id, sandbox.pod.name))

@@ -286,3 +286,24 @@ def test_arbitrary_text_never_raises_and_counts_add_up(lines: list[str]) -> None
     samples = sum(len(f.samples) for f in parsed.families.values())
     assert samples + parsed.malformed_lines <= total
     assert (parsed.malformed_lines == 0) == (parsed.first_error is None)
+
+
+@pytest.mark.parametrize("body", sorted(p.name for p in FIXTURES.glob("*.prom")))
+def test_fast_index_equals_reading_every_sample(body: str) -> None:
+    parsed = parse((FIXTURES / body).read_text())
+    for family in parsed.families.values():
+        keys = tuple(name for name, _ in family.samples[0].labels) if family.samples else ()
+        by_samples: dict[tuple[str, ...], float] = {}
+        for sample in family.samples:
+            if sample.name == family.name and tuple(k for k, _ in sample.labels) == keys:
+                by_samples.setdefault(tuple(v for _, v in sample.labels), sample.value)
+        fast = family.index(*keys)
+        assert fast.keys() == by_samples.keys(), family.name
+        assert all(_same_value(fast[k], by_samples[k]) for k in fast), family.name
+
+
+def test_index_falls_back_when_lines_have_extra_labels() -> None:
+    body = '# TYPE m gauge\nm{disk="vda",item="reads"} 1\nm{disk="vda",item="writes",extra="x"} 2\n'
+    family = parse(body).families["m"]
+    assert family.canonical == (True,)
+    assert family.index("disk", "item") == {("vda", "reads"): 1.0, ("vda", "writes"): 2.0}

@@ -1,0 +1,1 @@
+"""The kata-pulse benchmark: `python -m bench` (see docs/benchmark.md)."""
