@@ -324,9 +324,7 @@ def measure_cpu(
     return {"ms_per_sandbox_cycle": statistics.median(per_cycle), "windows": windows}
 
 
-def measure_load(
-    agent: Agent, settings: Settings, work: Path, encoding: str
-) -> dict[str, object]:
+def measure_load(agent: Agent, settings: Settings, work: Path, encoding: str) -> dict[str, object]:
     gzip_ok = encoding == "gzip"
     captured = work / f"captured-{encoding}.bin"
     captured.write_bytes(agent.metrics(gzip_ok=gzip_ok))
@@ -621,13 +619,13 @@ def render(results: Results, host: dict[str, str]) -> str:
         (
             "parser speed vs prometheus_client, every sample materialised",
             "≥ 4",
-            f"{parser['ratio_every_sample']:.1f}×",
+            f"{parser['ratio_every_sample']:.1f}x",
             verdict(parser["ratio_every_sample"] >= 4),
         ),
         (
             "parser speed vs prometheus_client, parse only (samples on demand)",
             "≥ 4",
-            f"{parser['ratio_parse']:.1f}×",
+            f"{parser['ratio_parse']:.1f}x",
             verdict(parser["ratio_parse"] >= 4),
         ),
     ]

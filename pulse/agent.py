@@ -63,7 +63,9 @@ async def run_agent(
     cri_nudges, cri_nudge_inbox = trio.open_memory_channel[None](1)
     owner = CacheOwner(config, board, to_supervisor, cri_nudges, started_at)
     owner.publish_initial()
-    settings = CollectorSettings(config.metrics_interval, config.shim_timeout, config.shim_max_body)
+    settings = CollectorSettings(
+        config.metrics_interval, config.shim_timeout, config.shim_max_body, config.disk_exclude
+    )
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(owner.run, cache_inbox, name="cache-owner")

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from pulse import katamon
@@ -46,10 +47,14 @@ def decode(body: bytes) -> str:
     return body.decode("utf-8", "replace")
 
 
-def digest_body(body: bytes) -> BodyDigest:
+def digest_body(body: bytes, disk_exclude: re.Pattern[str] | None = None) -> BodyDigest:
+    """Parse once and keep what the conversion needs; excluded disks are not even kept."""
     parsed = parse(decode(body))
     return BodyDigest(
-        extract_guest(parsed), parsed.sample_count, parsed.malformed_lines, parsed.first_error
+        extract_guest(parsed, disk_exclude),
+        parsed.sample_count,
+        parsed.malformed_lines,
+        parsed.first_error,
     )
 
 

@@ -8,6 +8,7 @@ cancels the collector's scope, so no collection of a gone sandbox outlives it.
 from __future__ import annotations
 
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ class CollectorSettings:
     interval: float
     timeout: float
     max_body: int
+    disk_exclude: re.Pattern[str] | None = None
 
 
 async def collect_once(
@@ -64,7 +66,7 @@ async def collect_once(
         return ScrapeFailed(
             sandbox_id, generation, time.time(), elapsed, ScrapeFailure.TIMEOUT, detail
         )
-    digest = digest_body(body)
+    digest = digest_body(body, settings.disk_exclude)
     elapsed = trio.current_time() - started
     if digest.samples == 0:
         detail = digest.first_error or "no samples in the body"

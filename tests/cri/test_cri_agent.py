@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -119,11 +120,11 @@ async def test_sandbox_unknown_to_the_cri_is_collected_and_labelled_later(world:
 
     async def collected_without_labels(agent: AgentUnderTest) -> dict[str, Any] | None:
         row = (await agent.sandboxes()).get(sandbox.sandbox_id)
-        return row if row is not None and row["scrapes_total"] > 0 else None
+        return row if row is not None and row["last_success"] is not None else None
 
     row = await world.agent.wait_for(collected_without_labels)
     assert (row["pod_name"], row["namespace"], row["uid"]) == ("", "", "")
-    assert row["state"] == "up", row
+    assert row["state"] == "up", json.dumps(row)
 
     world.cri.set_pod(sandbox.pod)
     row = await world.agent.wait_for(row_with_pod(sandbox.sandbox_id, sandbox.pod.name))
