@@ -249,6 +249,7 @@ class CacheOwner:
         entry.digest = message.digest
         entry.success_clock = trio.current_time()
         view = entry.view.with_changes(
+            pod=self._state.pods.get(message.sandbox_id),
             state=SandboxState.UP,
             last_success=message.wall_time,
             last_attempt=message.wall_time,
@@ -349,8 +350,6 @@ class CacheOwner:
         state = self._state
         snapshot: CriSnapshot = message.snapshot
         cri = state.cri
-        if not cri.up and cri.syncs_total:
-            log.info("cri sync recovered", endpoint=cri.endpoint)
         state.cri = replace(
             cri,
             up=True,
@@ -362,10 +361,12 @@ class CacheOwner:
             runtime_version=snapshot.runtime_version,
         )
         state.cri_synced_once = True
-        old_pods, state.pods = state.pods, dict(snapshot.pods)
+        state.pods = dict(snapshot.pods)
         for sandbox_id, entry in state.entries.items():
             pod = state.pods.get(sandbox_id)
-            if pod == old_pods.get(sandbox_id) and pod == entry.view.pod:
+            if _identity(pod) == _identity(entry.view.pod):
+                # Only the container stats moved: the next collection renders them, together
+                # with the VM's figures they are subtracted from.
                 continue
             self._update(entry, pod=pod)
             if entry.digest is not None and entry.rendering is not None:
@@ -406,3 +407,10 @@ class CacheOwner:
 
     def publish_initial(self) -> None:
         self._publish_if_changed()
+
+
+def _identity(pod: PodMeta | None) -> PodMeta | None:
+    """A pod's metadata without the container stats, which change on every sync."""
+    if pod is None or not any(c.stats is not None for c in pod.containers):
+        return pod
+    return replace(pod, containers=tuple(replace(c, stats=None) for c in pod.containers))

@@ -57,10 +57,14 @@ class SimulatedShim:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        # Bound and listening under a temporary name, then renamed into place: the socket
+        # appears only once it accepts, so a client never meets a half-started shim.
+        staging = self.socket_path.with_name(".staging.sock")
         try:
-            self.socket_path.unlink(missing_ok=True)
-            await listener.bind(os.fspath(self.socket_path))
+            staging.unlink(missing_ok=True)
+            await listener.bind(os.fspath(staging))
             listener.listen(64)
+            staging.rename(self.socket_path)
             listeners = [trio.SocketListener(listener)]
         except BaseException:
             listener.close()

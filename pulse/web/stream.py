@@ -373,8 +373,9 @@ def register_stream(
     async def stream() -> Response | None:
         origin = websocket.headers.get("Origin")
         if not origin_allowed(origin, websocket.headers.get("Host"), config.ws_allowed_origins):
-            log.info("websocket refused", reason="origin", origin=origin[:200] if origin else "")
-            return _refuse(403, f"origin not allowed: {origin}")
+            shown = (origin or "")[:200]
+            log.info("websocket refused", reason="origin", origin=shown)
+            return _refuse(403, f"origin not allowed: {shown} (see --ws-allowed-origin)")
         try:
             wanted = parse_filter(websocket.args, limits)
         except FilterError as err:

@@ -79,8 +79,8 @@ async def test_missing_socket_is_retried_with_backoff_and_reported_once(
         await trio.sleep(10)
         with pytest.raises(trio.WouldBlock):
             inbox.receive_nowait()  # retried all along, reported once
-        appeared = trio.current_time()
         await nursery.start(shim.serve)
+        appeared = trio.current_time()
         message = await inbox.receive()
         assert isinstance(message, ScrapeSucceeded)
         # Backoff is capped, so the shim is found within the cap of appearing.

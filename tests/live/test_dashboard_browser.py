@@ -70,7 +70,7 @@ def _same_origin_only(requested: list[str], base_url: str) -> None:
 
 
 async def test_dashboard_shows_the_fleet_live() -> None:
-    async with agent_with_fleet(4, interval=0.3) as live:
+    async with agent_with_fleet(6, interval=0.3) as live:
         base = f"{live.url}/"
         pods = {sid: sandbox.pod.name for sid, sandbox in live.fleet.sandboxes.items()}
         leaving = sorted(pods)[0]

@@ -52,7 +52,7 @@ async def test_stream_follows_the_fleet() -> None:
                 assert row["collected_at"] > complete[some]["collected_at"]  # type: ignore[operator]
                 break
 
-        newcomer = await live.fleet.add(Flavour.RUNTIME_RS)
+        newcomer = await live.fleet.add(Flavour.RUST)
         while True:
             message = await next_of(ws, "added")
             if message["sandbox"]["sandbox_id"] == newcomer.sandbox_id:

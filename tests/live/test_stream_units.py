@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 from werkzeug.datastructures import MultiDict
@@ -12,6 +13,7 @@ from pulse.web.stream import (
     RowEncoder,
     StreamFilter,
     StreamLimits,
+    abort_stalled_peers,
     diff_messages,
     heartbeat_message,
     origin_allowed,
@@ -160,3 +162,11 @@ def test_snapshot_and_heartbeat_messages_are_json() -> None:
 )
 def test_browsers_get_the_page(accept: str, html: bool) -> None:
     assert prefers_html(accept) is html
+
+
+def test_listening_sockets_drop_stalled_peers() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        abort_stalled_peers(tcp, 12.5)
+        assert tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 12_500
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+        abort_stalled_peers(unix, 12.5)  # not TCP: left alone, no error

@@ -28,7 +28,15 @@ from pulse.top import (
     stream_url,
 )
 
-from .support import Publisher, Served, app_server, make_view, sandbox_id, short_directory
+from .support import (
+    Publisher,
+    Served,
+    agent_with_fleet,
+    app_server,
+    make_view,
+    sandbox_id,
+    short_directory,
+)
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -230,6 +238,15 @@ async def test_top_renders_rows_follows_updates_and_quits_on_q() -> None:
         await term.press("q")
         assert await term.wait_exit() == 0
     assert term.output.rstrip().endswith(CURSOR_SHOW + ALT_SCREEN_OFF)  # terminal given back
+
+
+async def test_top_on_the_agent_shows_the_simulated_fleet() -> None:
+    async with agent_with_fleet(3) as live, top_in_pty("--url", live.url, "--sort", "pod") as term:
+        for sandbox in live.fleet.sandboxes.values():
+            await term.expect(sandbox.pod.name)
+        await term.expect("3 sandboxes: 3 up")
+        await term.press("q")
+        assert await term.wait_exit() == 0
 
 
 async def test_top_quits_on_ctrl_c() -> None:
