@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
@@ -62,10 +64,27 @@ async def run_until_signal(main: Callable[[], Awaitable[None]], shutdown_timeout
             nursery.start_soon(run_main)
             async for signum in signals:
                 log.info("shutting down", signal=signal.Signals(signum).name)
-                # Every actor is cancelled through the nursery; nothing outlives the deadline.
-                nursery.cancel_scope.deadline = trio.current_time() + shutdown_timeout
+                _exit_anyway_after(shutdown_timeout)
+                # Every actor is cancelled through the nursery.
                 nursery.cancel_scope.cancel()
                 break
+
+
+def _exit_anyway_after(seconds: float) -> None:
+    """Keep the shutdown bound even if a task cannot be cancelled in time.
+
+    Hypercorn shields its socket writes from cancellation, so a client that stopped reading
+    could otherwise hold the process until the kernel gives up on it.
+    """
+
+    def force() -> None:
+        log.warning("forced exit: shutdown did not finish in time", seconds=seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
 
 
 def _config_or_exit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:

@@ -7,6 +7,8 @@ chunked or carry a Content-Length. h11 does the framing so every variant is read
 from __future__ import annotations
 
 import errno
+import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -38,7 +40,31 @@ async def fetch(socket_path: Path, target: str, *, max_body: int) -> bytes:
         return await _exchange(stream, target, max_body)
 
 
+def _refuse_symlinks(socket_path: Path) -> None:
+    """The sandbox directory and its socket must be what they claim, not symlinks.
+
+    connect() follows symlinks, and a sandbox root is the one place a symlink could make the
+    agent talk to a socket elsewhere on the node. The check and the connect are not atomic;
+    it stops a link that is there, and the roots are writable by the runtime only.
+    """
+    for path, wanted, what in (
+        (socket_path.parent, stat.S_ISDIR, "sandbox directory"),
+        (socket_path, stat.S_ISSOCK, "socket"),
+    ):
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            raise ShimError(ScrapeFailure.NO_SOCKET, f"{socket_path} does not exist") from None
+        except OSError as err:
+            raise ShimError(ScrapeFailure.CONNECT, f"stat {path}: {err.strerror or err}") from None
+        if stat.S_ISLNK(mode):
+            raise ShimError(ScrapeFailure.CONNECT, f"{what} {path} is a symlink, not followed")
+        if not wanted(mode):
+            raise ShimError(ScrapeFailure.CONNECT, f"{what} {path} is not a {what}")
+
+
 async def _connect(socket_path: Path) -> trio.SocketStream:
+    _refuse_symlinks(socket_path)
     try:
         return await trio.open_unix_socket(str(socket_path))
     except FileNotFoundError:

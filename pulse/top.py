@@ -276,8 +276,9 @@ def render_frame(model: TopModel, width: int, height: int, now: float) -> str:
     lines.append(BOLD + _fit(title, width - len(clock) - 1, False) + " " + clock + RESET)
     lines.append(
         _fit(
-            f"{len(rows)} sandboxes: {up} up, {degraded} degraded, {len(rows) - up - degraded}"
-            f" other   CPU {format_cores(cpu)}   memory {format_bytes(memory)}",
+            f"{len(rows)} sandbox{'' if len(rows) == 1 else 'es'}: {up} up, {degraded} degraded,"
+            f" {len(rows) - up - degraded}"
+            f" other   CPU {cpu:.2f} cores   memory {format_bytes(memory)}",
             width,
             False,
         )
@@ -367,6 +368,17 @@ class Terminal:
 # --- the program ---------------------------------------------------------------------------------
 
 
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost cause: trio wraps a refused connect in an OSError from an exception group."""
+    while True:
+        if isinstance(err, BaseExceptionGroup) and err.exceptions:
+            err = err.exceptions[0]
+        elif err.__cause__ is not None:
+            err = err.__cause__
+        else:
+            return err
+
+
 def describe_failure(err: BaseException) -> str:
     if isinstance(err, ConnectionRejected):
         body = (err.body or b"").decode("utf-8", "replace").strip()
@@ -378,12 +390,14 @@ def describe_failure(err: BaseException) -> str:
             return "connection lost"
         detail = f": {reason.reason}" if reason.reason else ""
         return f"connection closed by the agent ({reason.code}{detail})"
-    cause = err.__cause__ or err.__context__
     if isinstance(err, trio.TooSlowError):
-        return "no data from the agent"
-    if isinstance(err, HandshakeError) and cause is None:
-        return "timed out connecting"
-    return str(cause or err) or type(err).__name__
+        return "no answer from the agent"
+    root = _root_cause(err)
+    if isinstance(root, OSError) and root.strerror:
+        return root.strerror
+    if root is err and isinstance(err, HandshakeError):
+        return "websocket handshake failed"
+    return str(root) or type(root).__name__
 
 
 async def _connect(nursery: trio.Nursery, url: str) -> WebSocketConnection:

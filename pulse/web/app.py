@@ -33,6 +33,8 @@ ENDPOINTS = (
     ("/sandboxes", "JSON list of sandboxes with pod metadata and scrape health"),
     ("/healthz", "liveness: the process and its event loop respond"),
     ("/readyz", "readiness: the initial scan is done and the app is serving"),
+    ("/ws", "websocket stream of live per-sandbox figures (docs/stream.md)"),
+    ("/", "this index; a live dashboard when opened in a browser"),
 )
 
 
@@ -119,7 +121,9 @@ def sandbox_json(view: SandboxView) -> dict[str, Any]:
 
 
 def create_app(config: Config, board: Reader[Snapshot], web: WebState) -> QuartTrio:
-    app = QuartTrio("kata-pulse")
+    # static_folder=None: no /static route serving the working directory; the dashboard's
+    # assets have their own route with a fixed list of files.
+    app = QuartTrio("kata-pulse", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # no endpoint takes a body
 
     @app.after_request

@@ -6,14 +6,19 @@ import logging
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 from pulse.config import Config
 from pulse.logs import ROOT_LOGGER
 from pulse.snapshot import Reader, Snapshot
 from pulse.web.app import WebState, create_app
+from pulse.web.stream import abort_stalled_peers
 
 MAX_HEADER_BYTES = 16 * 1024
+# Clients send nothing useful over /ws; anything bigger is refused by Hypercorn before it is
+# buffered (its default would buffer 16 MiB per client).
+MAX_WEBSOCKET_MESSAGE_BYTES = 64 * 1024
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
@@ -23,6 +28,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hconfig.errorlog = logging.getLogger(f"{ROOT_LOGGER}.http")
     hconfig.graceful_timeout = config.shutdown_timeout / 2
     hconfig.h11_max_incomplete_size = MAX_HEADER_BYTES
+    hconfig.websocket_max_message_size = MAX_WEBSOCKET_MESSAGE_BYTES
     hconfig.keep_alive_timeout = 75  # longer than Prometheus' idle connection reuse
     hconfig.include_server_header = False
     return hconfig
@@ -36,5 +42,13 @@ async def serve_http(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; `task_status.started` gets the bound addresses (port 0 resolved)."""
-    app = create_app(config, board, web)
-    await serve(app, hypercorn_config(config), task_status=task_status)
+    hconfig = hypercorn_config(config)
+    # The listening sockets are made here rather than by Hypercorn so that they carry
+    # TCP_USER_TIMEOUT: Hypercorn shields its socket writes from cancellation, so only the
+    # kernel can end a write to a peer that stopped reading.
+    sockets = hconfig.create_sockets()
+    for sock in sockets.insecure_sockets:
+        abort_stalled_peers(sock)
+        sock.listen(hconfig.backlog)
+    app = wrap_app(create_app(config, board, web), hconfig.wsgi_max_body_size, None)
+    await worker_serve(app, hconfig, sockets=sockets, task_status=task_status)

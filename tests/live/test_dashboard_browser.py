@@ -110,12 +110,21 @@ async def test_dashboard_shows_the_fleet_live() -> None:
                 page.wait_for_selector(f'tr[data-sandbox-id="{leaving}"]', state="detached")
                 assert len(_cells(page, "pod")) == len(pods) - 1
                 assert page.evaluate("window.__notReloaded") is True
-                assert page.inner_text("#count-total") == str(len(pods) - 1)
+                page.wait_for_function(
+                    "n => document.getElementById('count-total').textContent === String(n)",
+                    arg=len(pods) - 1,
+                )
 
                 # Sorting and filtering happen in the page.
                 page.click('th[data-sort="pod"] button')
-                names = list(_cells(page, "pod").values())
-                assert names == sorted(names)
+                page.wait_for_function(
+                    """() => {
+                        const names = [...document.querySelectorAll('#sandboxes td.pod')]
+                            .map(td => td.firstChild.textContent);
+                        return names.every((n, i) => i === 0 || names[i - 1] <= n);
+                    }"""
+                )
+                assert page.get_attribute('th[data-sort="pod"]', "aria-sort") == "ascending"
                 keep = next(sid for sid in pods if sid != leaving)
                 page.fill("#filter", pods[keep])
                 page.wait_for_function(
@@ -167,7 +176,10 @@ async def test_dashboard_shows_a_dropped_connection_and_recovers() -> None:
 
                 in_trio(first_server.cancel)
                 page.wait_for_selector('#connection[data-state="reconnecting"]')
-                assert "retrying" in page.inner_text("#connection")
+                page.wait_for_function(
+                    "() => document.getElementById('connection-text').textContent"
+                    ".includes('retrying in')"
+                )
                 # The last known rows stay on screen while the link is down.
                 assert page.locator(f'tr[data-sandbox-id="{sandbox_id(1)}"]').count() == 1
 

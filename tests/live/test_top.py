@@ -234,7 +234,7 @@ async def test_top_renders_rows_follows_updates_and_quits_on_q() -> None:
         at = await term.expect("MEMORY▼", after=at)
         # A sandbox that goes away leaves the screen.
         publisher.drop(sandbox_id(1))
-        await term.expect("1 sandboxes", after=at)
+        await term.expect("1 sandbox: 1 up", after=at)
         await term.press("q")
         assert await term.wait_exit() == 0
     assert term.output.rstrip().endswith(CURSOR_SHOW + ALT_SCREEN_OFF)  # terminal given back

@@ -75,3 +75,13 @@ def parse_samples(text: str) -> Iterator[Sample]:
 def only_named(samples: Iterable[Sample], *names: str) -> list[Sample]:
     wanted = set(names)
     return [sample for sample in samples if sample.name in wanted]
+
+
+def sample_line(name: str, labels: dict[str, str], value: float) -> str:
+    """One sample in the text format (label values escaped as the format requires)."""
+    escaped = {
+        key: text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        for key, text in labels.items()
+    }
+    inner = ",".join(f'{key}="{text}"' for key, text in escaped.items())
+    return f"{name}{{{inner}}} {value!r}"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,57 @@ import trio
 from pulse.agent import RunningAgent
 from pulse.sim.bodies import Flavour
 from pulse.sim.cri import SimulatedCri
-from pulse.sim.fleet import SimSandbox, SimulatedFleet, open_fleet
+from pulse.sim.fleet import SimSandbox, SimulatedFleet, guest_cpu_usage_seconds, open_fleet
 from tests.helpers import agent_config, http_client, running_agent
 
 NODE_NAME = "kata-node-1"
+# Each time the test's runtime reports, the containers' CPU has grown by this share of the VM's
+# growth. Small, so that a container's step stays below what the VM's own counter gains in one
+# collection interval: a larger jump holds the sandbox row's remainder (a counter never goes
+# back) until the VM has caught up, and a test would wait for that.
+CONTAINERS_SHARE_OF_GROWTH = 0.2
+
+
+@dataclass(frozen=True)
+class CpuStart:
+    vm_seconds: float  # the simulated VM's CPU when the runtime first reported the container
+    container_seconds: float
+
+
+def cpu_starts(node: SimulatedNode) -> dict[str, CpuStart]:
+    starts = {}
+    for box in node.known_to_cri():
+        for container in node.cri.pods()[box.sandbox_id].containers:
+            stats = container.stats
+            assert stats is not None and stats.cpu_usage_core_ns is not None
+            vm = guest_cpu_usage_seconds(box.guest, stats.timestamp_ns / 1e9)
+            starts[container.container_id] = CpuStart(vm, stats.cpu_usage_core_ns / 1e9)
+    return starts
+
+
+def advance_container_cpu(node: SimulatedNode, starts: dict[str, CpuStart]) -> None:
+    """The runtime reports new CPU figures for every container, as ListContainerStats would."""
+    now = time.time()
+    for box in node.known_to_cri():
+        containers = node.cri.pods()[box.sandbox_id].containers
+        share = CONTAINERS_SHARE_OF_GROWTH / len(containers)
+        vm_now = guest_cpu_usage_seconds(box.guest, now)
+        for container in containers:
+            assert container.stats is not None
+            start = starts[container.container_id]
+            seconds = start.container_seconds + share * (vm_now - start.vm_seconds)
+            stats = replace(
+                container.stats, timestamp_ns=int(now * 1e9), cpu_usage_core_ns=int(seconds * 1e9)
+            )
+            node.cri.set_container_stats(container.container_id, stats)
+
+
+async def report_container_cpu_forever(
+    node: SimulatedNode, starts: dict[str, CpuStart], every: float
+) -> None:
+    while True:
+        await trio.sleep(every)
+        advance_container_cpu(node, starts)
 
 
 @dataclass
@@ -49,7 +97,9 @@ class SimulatedNode:
         """Until every sandbox is up, named from the CRI when the CRI knows it, and (if asked)
         its guest CPU time unit detected."""
         known = {box.sandbox_id for box in self.known_to_cri()}
-        with_guest = {box.sandbox_id for box in self.sandboxes if box.flavour is not Flavour.NO_GUEST}
+        with_guest = {
+            box.sandbox_id for box in self.sandboxes if box.flavour is not Flavour.NO_GUEST
+        }
         last: list[str] = []
         with trio.move_on_after(limit):
             while True:

@@ -60,7 +60,9 @@ def family_names(body: str) -> frozenset[str]:
     )
 
 
-def findings_for(findings: Iterable[LintFinding], families: Iterable[str]) -> frozenset[LintFinding]:
+def findings_for(
+    findings: Iterable[LintFinding], families: Iterable[str]
+) -> frozenset[LintFinding]:
     wanted = set(families)
     return frozenset(finding for finding in findings if finding.metric in wanted)
 

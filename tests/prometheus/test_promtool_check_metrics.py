@@ -96,7 +96,9 @@ async def test_promtool_finds_nothing_beyond_what_kubelet_and_the_shims_get(
 
 def test_the_lint_comparison_can_fail(promtool: Path) -> None:
     # A counter of ours without _total is a remark the capture does not tolerate.
-    body = "# HELP kata_pulse_things Things.\n# TYPE kata_pulse_things counter\nkata_pulse_things 1\n"
+    body = (
+        "# HELP kata_pulse_things Things.\n# TYPE kata_pulse_things counter\nkata_pulse_things 1\n"
+    )
     check = check_metrics(promtool, body)
     capture = check_metrics(promtool, KUBELET_CAPTURE.read_text())
     assert check.parsed and check.returncode == LINT_FINDINGS

@@ -23,7 +23,13 @@ import yaml
 from pulse.sim.bodies import Flavour
 from tests.prometheus import promql
 from tests.prometheus.exposition import Sample, only_named, parse_samples
-from tests.prometheus.node import NODE_NAME, SimulatedNode, kube_pod_info_labels, simulated_node
+from tests.prometheus.node import (
+    SimulatedNode,
+    advance_container_cpu,
+    cpu_starts,
+    kube_pod_info_labels,
+    simulated_node,
+)
 from tests.prometheus.promtool import run_rule_tests
 from tests.prometheus.rules_files import (
     CPU_FAMILY,
@@ -68,17 +74,19 @@ def is_vm_row(sample: Sample) -> bool:
 
 def cpu_rows_by_pod(samples: Iterable[Sample]) -> dict[str, tuple[float | None, list[float]]]:
     """pod -> (the VM's CPU seconds, the CPU seconds of its image!="" rows)."""
-    rows: dict[str, tuple[float | None, list[float]]] = defaultdict(lambda: (None, []))
+    vms: dict[str, float] = {}
+    parts: dict[str, list[float]] = defaultdict(list)
     for sample in only_named(samples, CPU_FAMILY):
-        vm, parts = rows[sample.label("pod")]
         if is_vm_row(sample):
-            rows[sample.label("pod")] = (sample.value, parts)
+            vms[sample.label("pod")] = sample.value
         else:
-            parts.append(sample.value)
-    return dict(rows)
+            parts[sample.label("pod")].append(sample.value)
+    return {pod: (vms.get(pod), parts[pod]) for pod in vms.keys() | parts.keys()}
 
 
-def not_yet_comparable(node: SimulatedNode, samples: list[Sample], previous: Scrape | None) -> list[str]:
+def not_yet_comparable(
+    node: SimulatedNode, samples: list[Sample], previous: Scrape | None
+) -> list[str]:
     """Why this scrape cannot be the next one yet (empty: it can)."""
     waiting = []
     stamps = collection_times(samples)
@@ -140,11 +148,6 @@ def points(values: list[float | None]) -> list[promql.Point]:
     return [(index * STEP_MS, value) for index, value in enumerate(values) if value is not None]
 
 
-def kata_pods(node: SimulatedNode) -> dict[tuple[str, str], dict[str, str]]:
-    """(namespace, pod) -> its kube_pod_info labels."""
-    return {(info["namespace"], info["pod"]): info for info in kube_pod_info_labels(node)}
-
-
 @dataclass
 class Expected:
     cpu_rate: dict[frozenset[tuple[str, str]], float]
@@ -182,7 +185,8 @@ def expected_records(
                 expected.cpu_irate[frozenset(record.items())] = irate
         elif name in MEMORY_FAMILIES:
             present = [value for value in values if value is not None]
-            expected.memory[name][frozenset({**labels, "node": node}.items())] = present[-1]
+            record = {**labels, **KUBELET_JOB, "node": node}
+            expected.memory[name][frozenset(record.items())] = present[-1]
     return expected
 
 
@@ -217,7 +221,10 @@ def container_values(
 
 
 def check_counted_once(
-    node: SimulatedNode, series: dict[SeriesKey, list[float | None]], expected: Expected, how: promql.Semantics
+    node: SimulatedNode,
+    series: dict[SeriesKey, list[float | None]],
+    expected: Expected,
+    how: promql.Semantics,
 ) -> None:
     """What the records must add up to per pod, from the raw rows alone."""
     vm_cpu = vm_values(series, CPU_FAMILY)
@@ -235,7 +242,9 @@ def check_counted_once(
     for box in node.known_to_cri():
         if box.flavour is Flavour.NO_GUEST:
             containers = {
-                dict(labels).get("container") for labels in expected.cpu_rate if dict(labels)["pod"] == box.pod.name
+                dict(labels).get("container")
+                for labels in expected.cpu_rate
+                if dict(labels)["pod"] == box.pod.name
             }
             assert containers == {c.name for c in box.pod.containers}
     containers_memory = {family: container_values(series, family) for family in MEMORY_FAMILIES}
@@ -250,7 +259,11 @@ def check_counted_once(
                 assert accounted == 0
             # The sandbox row holds VM - containers, floored at 0.
             assert math.isclose(math.fsum(grouped[pod]), max(vm, accounted), abs_tol=0.01), (
-                family, pod, grouped[pod], vm, accounted,
+                family,
+                pod,
+                grouped[pod],
+                vm,
+                accounted,
             )
 
 
@@ -260,11 +273,17 @@ def promtool_test_file(
     expected: Expected,
 ) -> dict[str, Any]:
     inputs = [
-        {"series": series_text(name, {**dict(labels), **KUBELET_JOB}), "values": values_text(values)}
+        {
+            "series": series_text(name, {**dict(labels), **KUBELET_JOB}),
+            "values": values_text(values),
+        }
         for (name, labels), values in sorted(series.items(), key=lambda item: repr(item[0]))
     ]
     inputs += [
-        {"series": series_text("kube_pod_info", {**info, **KSM_JOB}), "values": values_text([1.0] * SCRAPES)}
+        {
+            "series": series_text("kube_pod_info", {**info, **KSM_JOB}),
+            "values": values_text([1.0] * SCRAPES),
+        }
         for info in pod_infos
     ]
 
@@ -304,19 +323,22 @@ async def test_recording_rules_give_each_kata_pod_its_vm_once(
         sim_dir, FLAVOURS, seed=47, metrics_interval=0.5, cri_sync_interval=0.2
     ) as node:
         await node.wait_until_described(limit=20.0, cpu_units_known=True)
+        starts = cpu_starts(node)
         scrapes: list[Scrape] = []
         for index in range(SCRAPES):
             if index:
-                node.fleet.refresh_cri_stats()  # the containers' counters move too
+                advance_container_cpu(node, starts)  # the containers' counters move too
             scrapes.append(await next_scrape(node, scrapes[-1] if scrapes else None))
         pod_infos = kube_pod_info_labels(node)
         series = series_over_scrapes(scrapes)
-        nodes = {pod: NODE_NAME for pod in kata_pods(node)}
+        nodes = {(info["namespace"], info["pod"]): info["node"] for info in pod_infos}
         expected = expected_records(series, nodes, how)
         check_counted_once(node, series, expected, how)
 
     test_file = tmp_path / "kata-rules-test.yaml"
-    test_file.write_text(yaml.safe_dump(promtool_test_file(series, pod_infos, expected), width=1000))
+    test_file.write_text(
+        yaml.safe_dump(promtool_test_file(series, pod_infos, expected), width=1000)
+    )
     result = run_rule_tests(promtool, test_file)
     assert result.returncode == 0, result.output
 
@@ -329,10 +351,10 @@ async def test_the_rate_model_is_what_promtool_computes(promtool: Path, tmp_path
         "gaps": [None, 7.3, 7.9, None, 9.1, None],
         "reset": [100.0, 140.5, 3.25, 9.0, 12.75, 30.1],
         "near_zero": [0.001, 2.5, 5.0, 7.75, 9.0, 12.0],
+        "zero_point": [None, 0.5, 10.0, 20.0, 30.0, 40.0],  # extrapolated to 0, not below
         "short": [None, None, None, None, 1.0e9, 1.0e9 + 0.123],
     }
     series = {("c", frozenset({("case", name)})): values for name, values in cases.items()}
-    expected = Expected({}, {}, {family: {} for family in MEMORY_FAMILIES})
     rate_rule, irate_rule = "case:c:rate5m", "case:c:irate5m"
     tests = []
     for record, function in ((rate_rule, promql.rate), (irate_rule, promql.irate)):
@@ -358,7 +380,6 @@ async def test_the_rate_model_is_what_promtool_computes(promtool: Path, tmp_path
             }
         )
     )
-    del expected
     test_file = tmp_path / "model-test.yaml"
     test_file.write_text(
         yaml.safe_dump(
@@ -369,7 +390,10 @@ async def test_the_rate_model_is_what_promtool_computes(promtool: Path, tmp_path
                     {
                         "interval": "1m",
                         "input_series": [
-                            {"series": series_text(name, dict(labels)), "values": values_text(values)}
+                            {
+                                "series": series_text(name, dict(labels)),
+                                "values": values_text(values),
+                            }
                             for (name, labels), values in series.items()
                         ],
                         "promql_expr_test": tests,

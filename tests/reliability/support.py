@@ -82,7 +82,7 @@ async def wait_ready(url: str, process: trio.Process, log_path: Path) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=2) as client:
         with trio.fail_after(START_LIMIT):
             while True:
-                assert process.returncode is None, log_path.read_text(errors="replace")
+                assert process.returncode is None, "the agent exited; see its log " + str(log_path)
                 try:
                     if (await client.get("/readyz")).status_code == 200:
                         return
