@@ -776,6 +776,8 @@ def main(argv: list[str] | None = None) -> int:
         "The simulated fleet serves a pool of 8 pre-rendered guest bodies refreshed every "
         "second, so that its own cost stays small; the agent still fetches, parses, converts "
         "and renders every sandbox on every cycle.",
+        "Why targets are missed, with profiles, and what would fix them: docs/benchmark.md "
+        "(Findings).",
         *args.note,
     ]
     report = render(results, host)

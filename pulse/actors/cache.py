@@ -46,6 +46,8 @@ from pulse.snapshot import (
 
 log = get_logger("cache")
 
+MAX_MESSAGES_PER_SNAPSHOT = 256
+
 
 @dataclass(slots=True)
 class _Entry:
@@ -108,6 +110,13 @@ class CacheOwner:
                     return
             if message is not None:
                 await self.handle(message)
+                # Whatever else is already queued joins this snapshot: a burst of N messages
+                # (500 sandboxes at start) costs a few snapshots, not N copies of N views.
+                for _ in range(MAX_MESSAGES_PER_SNAPSHOT - 1):
+                    try:
+                        await self.handle(inbox.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
             self._expire_stale()
             self._publish_if_changed()
 

@@ -258,7 +258,7 @@ async def check_collection_timestamps(
         stored_ms = round(stored[0].value * 1000)
         if stored_ms == served[0]:
             return True, ""
-        # Not scraped yet, or a newer collection since; honor_timestamps off would never match.
+        print(stored_ms, served[0], stored_ms - served[0], trio.current_time())
         return None, f"{pod.name}: Prometheus has {stored_ms}, the agent serves {served[0]}"
 
     await poll(same_collection, deadline)
