@@ -90,21 +90,30 @@ class Renderer:
         previous: SandboxRendering | None,
     ) -> SandboxRendering:
         """A new collection: convert it, advancing the sandbox's conversion state."""
+        assert view.last_success is not None
         state_before = previous.state_after if previous is not None else None
-        return self._convert(view, digest, state_before)
+        return self._convert(view, digest, state_before, view.last_success)
 
     def rerender(
-        self, view: SandboxView, digest: BodyDigest, rendering: SandboxRendering
+        self, view: SandboxView, digest: BodyDigest, rendering: SandboxRendering, now: float
     ) -> SandboxRendering:
-        """Same collection, new pod metadata: convert again from the state it started from."""
-        return self._convert(view, digest, rendering.state_before)
+        """Same collection, new pod metadata: convert again from the state it started from.
+
+        Stamped `now`, not with the collection's time: a series whose value changes (the
+        sandbox row's remainder, when a container comes or goes) must not repeat a timestamp
+        Prometheus may already hold a different value for.
+        """
+        return self._convert(view, digest, rendering.state_before, now)
 
     def _convert(
-        self, view: SandboxView, digest: BodyDigest, state_before: ConversionState | None
+        self,
+        view: SandboxView,
+        digest: BodyDigest,
+        state_before: ConversionState | None,
+        collected_at: float,
     ) -> SandboxRendering:
-        assert view.last_success is not None
         block, state_after = convert(
-            view.sandbox_id, digest.guest, view.pod, view.last_success, state_before, self._options
+            view.sandbox_id, digest.guest, view.pod, collected_at, state_before, self._options
         )
         return SandboxRendering(block, state_before, state_after, live_stats(state_after))
 

@@ -379,7 +379,11 @@ class CacheOwner:
                 continue
             self._update(entry, pod=pod)
             if entry.digest is not None and entry.rendering is not None:
-                entry.rendering = self._renderer.rerender(entry.view, entry.digest, entry.rendering)
+                # At least a millisecond (the exposition's resolution) after the collection.
+                stamp = max(time.time(), (entry.view.last_success or 0.0) + 0.001)
+                entry.rendering = self._renderer.rerender(
+                    entry.view, entry.digest, entry.rendering, stamp
+                )
                 entry.view = entry.rendering.apply(entry.view)
             await self._apply_collection_policy(entry)
             state.dirty = True

@@ -153,15 +153,22 @@ async def test_last_good_data_survives_failures_until_stale(
 
 async def test_pod_metadata_relabels_the_sandbox_output(harness: Harness) -> None:
     await harness.send(SandboxAppeared(SID, ROOT, RuntimeKind.GO))
-    snapshot = await harness.send(success(SID, 1, time.time()))
+    first = snapshot = await harness.send(success(SID, 1, time.time()))
     assert b'pod=""' in snapshot.sandboxes[SID].cadvisor["container_memory_working_set_bytes"]
     pod = PodMeta(SID, "web-1", "shop", "uid-1", runtime_handler="kata")
     snapshot = await harness.send(CriSynced(CriSnapshot({SID: pod}), time.time(), 0.01))
     view = snapshot.sandboxes[SID]
     assert view.pod == pod
     assert b'pod="web-1"' in view.cadvisor["container_memory_working_set_bytes"]
+    # Re-rendered samples never reuse the collection's timestamp for a different value.
+    before = _timestamp(first.sandboxes[SID].cadvisor["container_memory_working_set_bytes"])
+    assert _timestamp(view.cadvisor["container_memory_working_set_bytes"]) > before
     assert b'namespace="shop"' in view.own["kata_pulse_sandbox_up"]
     assert snapshot.cri.up
+
+
+def _timestamp(lines: bytes) -> int:
+    return int(lines.split(b"\n")[0].rsplit(b" ", 1)[1])
 
 
 async def test_excluded_runtime_handlers_are_never_scraped(config: Config) -> None:

@@ -105,9 +105,9 @@ def not_yet_comparable(
     # ...and a pod's image!="" rows add up to its VM: the sandbox row holds the VM's remainder.
     # Right after the containers' figures jump, the remainder is held (a counter never goes
     # back) until the VM's own counter has caught up: such a scrape is not used.
-    for pod, (vm, parts) in cpu_rows_by_pod(samples).items():
+    for pod_name, (vm, parts) in cpu_rows_by_pod(samples).items():
         if vm is not None and abs(math.fsum(parts) - vm) > 1e-6:
-            waiting.append(f"{pod}: rows add up to {math.fsum(parts)}, VM {vm}")
+            waiting.append(f"{pod_name}: rows add up to {math.fsum(parts)}, VM {vm}")
     return waiting
 
 
@@ -346,7 +346,7 @@ async def test_recording_rules_give_each_kata_pod_its_vm_once(
 async def test_the_rate_model_is_what_promtool_computes(promtool: Path, tmp_path: Path) -> None:
     """promql.rate/irate agree exactly with promtool, including gaps and counter resets."""
     how = promql.semantics_of(promtool)
-    cases = {
+    cases: dict[str, list[float | None]] = {
         "aligned": [10.5, 11.25, 13.125, 20.0, 20.5, 31.0000001],
         "gaps": [None, 7.3, 7.9, None, 9.1, None],
         "reset": [100.0, 140.5, 3.25, 9.0, 12.75, 30.1],
