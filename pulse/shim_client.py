@@ -40,39 +40,43 @@ async def fetch(socket_path: Path, target: str, *, max_body: int) -> bytes:
         return await _exchange(stream, target, max_body)
 
 
-def _refuse_symlinks(socket_path: Path) -> None:
-    """The sandbox directory and its socket must be what they claim, not symlinks.
-
-    connect() follows symlinks, and a sandbox root is the one place a symlink could make the
-    agent talk to a socket elsewhere on the node. The check and the connect are not atomic;
-    it stops a link that is there, and the roots are writable by the runtime only.
-    """
-    for path, wanted, what in (
-        (socket_path.parent, stat.S_ISDIR, "sandbox directory"),
-        (socket_path, stat.S_ISSOCK, "socket"),
-    ):
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            raise ShimError(ScrapeFailure.NO_SOCKET, f"{socket_path} does not exist") from None
-        except OSError as err:
-            raise ShimError(ScrapeFailure.CONNECT, f"stat {path}: {err.strerror or err}") from None
-        if stat.S_ISLNK(mode):
-            raise ShimError(ScrapeFailure.CONNECT, f"{what} {path} is a symlink, not followed")
-        if not wanted(mode):
-            raise ShimError(ScrapeFailure.CONNECT, f"{what} {path} is not a {what}")
-
-
 async def _connect(socket_path: Path) -> trio.SocketStream:
-    _refuse_symlinks(socket_path)
+    """Connect through the sandbox directory, held open, never through a symlink.
+
+    The directory is opened first (O_NOFOLLOW) and the socket reached as
+    /proc/self/fd/<dir>/<name>: connect() follows symlinks, and a sandbox root is the one place
+    where a link could make the agent talk to a socket elsewhere on the node. The short path
+    also lifts the 107-byte limit of Unix socket addresses, so deep sandbox roots work.
+    """
     try:
-        return await trio.open_unix_socket(str(socket_path))
+        directory = os.open(socket_path.parent, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise ShimError(ScrapeFailure.NO_SOCKET, f"{socket_path} does not exist") from None
     except OSError as err:
-        # ECONNREFUSED: a socket file whose server is gone, typical while a sandbox is torn down.
-        reason = ScrapeFailure.NO_SOCKET if err.errno == errno.ENOENT else ScrapeFailure.CONNECT
-        raise ShimError(reason, f"connect {socket_path}: {err.strerror or err}") from None
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            detail = f"sandbox directory {socket_path.parent} is a symlink or not a directory"
+        else:
+            detail = f"open {socket_path.parent}: {err.strerror or err}"
+        raise ShimError(ScrapeFailure.CONNECT, detail) from None
+    try:
+        try:
+            mode = os.stat(socket_path.name, dir_fd=directory, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            raise ShimError(ScrapeFailure.NO_SOCKET, f"{socket_path} does not exist") from None
+        if not stat.S_ISSOCK(mode):
+            kind = "a symlink, not followed" if stat.S_ISLNK(mode) else "not a socket"
+            raise ShimError(ScrapeFailure.CONNECT, f"{socket_path} is {kind}")
+        try:
+            return await trio.open_unix_socket(f"/proc/self/fd/{directory}/{socket_path.name}")
+        except FileNotFoundError:
+            raise ShimError(ScrapeFailure.NO_SOCKET, f"{socket_path} does not exist") from None
+        except OSError as err:
+            # ECONNREFUSED: a socket nobody listens on, typical while a shim starts or stops.
+            raise ShimError(
+                ScrapeFailure.CONNECT, f"connect {socket_path}: {err.strerror or err}"
+            ) from None
+    finally:
+        os.close(directory)
 
 
 async def _exchange(stream: trio.SocketStream, target: str, max_body: int) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -96,3 +97,44 @@ async def test_shim_closing_without_a_byte_is_a_connection_failure(tmp_path: Pat
             await fetch(tmp_path / "s.sock", "/metrics", max_body=1024)
         assert caught.value.reason is ScrapeFailure.CONNECT
         nursery.cancel_scope.cancel()
+
+
+async def test_deep_sandbox_roots_beyond_the_unix_socket_path_limit(tmp_path: Path) -> None:
+    """A socket path over 107 bytes cannot be passed to connect(); the agent reaches it
+    through the held-open sandbox directory instead."""
+    directory = tmp_path / ("d" * 60) / ("e" * 60)
+    directory.mkdir(parents=True)
+    listener = trio.socket.socket(trio.socket.AF_UNIX)
+    short = Path("/tmp") / f"kp-{os.getpid()}-deep.sock"
+    await listener.bind(str(short))  # bound under a short name, then moved deep
+    listener.listen(1)
+    os.rename(short, directory / "shim-monitor.sock")
+    assert len(str(directory / "shim-monitor.sock")) > 107
+
+    async def answer(stream: trio.SocketStream) -> None:
+        await stream.receive_some(4096)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, answer, [trio.SocketListener(listener)])
+        assert await fetch(directory / "shim-monitor.sock", "/metrics", max_body=64) == b"ok\n"
+        nursery.cancel_scope.cancel()
+
+
+async def test_symlinked_sandbox_directory_or_socket_is_not_followed(
+    shim: SimulatedShim, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "root"
+    elsewhere.mkdir()
+    (elsewhere / "linked-dir").symlink_to(shim.socket_path.parent)
+    (elsewhere / "real-dir").mkdir()
+    (elsewhere / "real-dir" / "shim-monitor.sock").symlink_to(shim.socket_path)
+    for path in (
+        elsewhere / "linked-dir" / "shim-monitor.sock",
+        elsewhere / "real-dir" / "shim-monitor.sock",
+    ):
+        with pytest.raises(ShimError) as caught:
+            await fetch(path, "/metrics", max_body=1 << 20)
+        assert caught.value.reason is ScrapeFailure.CONNECT
+        assert "symlink" in caught.value.detail
+    assert shim.requests == 0
