@@ -148,7 +148,7 @@ class Fleet:
             cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=(base.parent / f"{base.name}-fleet.log").open("wb"),
+            stderr=subprocess.DEVNULL,
         )
         ready = json.loads(self._line())["ready"]
         self.roots = [Path(root) for root in ready["roots"]]

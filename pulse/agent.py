@@ -69,6 +69,10 @@ async def run_agent(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(owner.run, cache_inbox, name="cache-owner")
+        # The listener comes up before the watcher: with hundreds of sandboxes present, their
+        # first collections would otherwise hold up the server's start (and /readyz) behind
+        # them. Until the initial scan is done /readyz says 503.
+        addresses = await nursery.start(serve_http, config, board, web)
         async with to_cache:
             await nursery.start(
                 run_supervisor, settings, supervisor_inbox, to_cache.clone(), collector_seed
@@ -77,7 +81,6 @@ async def run_agent(
             await nursery.start(
                 run_watcher, config.sandbox_dirs, config.rescan_interval, to_cache.clone()
             )
-        addresses = await nursery.start(serve_http, config, board, web)
         log.info(
             "kata-pulse serving",
             listen=",".join(addresses),

@@ -62,11 +62,11 @@ def _accepts_gzip() -> bool:
     return False
 
 
-def _metrics_response(assembled: Assembled, tail: bytes = b"") -> Response:
+async def _metrics_response(assembled: Assembled, tail: bytes = b"") -> Response:
     headers = {"Vary": "Accept-Encoding"}
     if _accepts_gzip():
         headers["Content-Encoding"] = "gzip"
-        body = assembled.gzipped(tail)
+        body = await assembled.gzipped(tail)
     else:
         body = assembled.plain(tail)
     return Response(body, 200, content_type=PROMETHEUS_TEXT, headers=headers)
@@ -163,7 +163,7 @@ def create_app(config: Config, board: Reader[Snapshot], web: WebState) -> QuartT
             snapshot, ("cadvisor", sandbox_id), lambda s: assemble_cadvisor(s, sandbox_id)
         )
         tail = render_agent(snapshot, web.counters()) if sandbox_id is None else b""
-        return _metrics_response(assembled, tail)
+        return await _metrics_response(assembled, tail)
 
     app.add_url_rule("/metrics", "metrics", cadvisor_metrics, methods=["GET"])
     app.add_url_rule("/metrics/cadvisor", "metrics_cadvisor", cadvisor_metrics, methods=["GET"])
@@ -178,12 +178,12 @@ def create_app(config: Config, board: Reader[Snapshot], web: WebState) -> QuartT
             body = snapshot.sandboxes[sandbox_id].raw_body
             if body is None:
                 return _text(f"error: no fresh data for sandbox {sandbox_id}", 503)
-            return _metrics_response(Assembled(body))
+            return await _metrics_response(Assembled(body))
         prefixes = parse_filter_family(",".join(request.args.getlist("filter_family")))
         assembled = web.assembly.get(
             snapshot, ("kata", prefixes), lambda s: assemble_kata(s, prefixes)
         )
-        return _metrics_response(assembled)
+        return await _metrics_response(assembled)
 
     @app.get("/sandboxes")
     async def sandboxes() -> Response:

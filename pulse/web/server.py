@@ -16,9 +16,10 @@ from pulse.web.app import WebState, create_app
 from pulse.web.stream import abort_stalled_peers
 
 MAX_HEADER_BYTES = 16 * 1024
-# Clients send nothing useful over /ws; anything bigger is refused by Hypercorn before it is
-# buffered (its default would buffer 16 MiB per client).
-MAX_WEBSOCKET_MESSAGE_BYTES = 64 * 1024
+# Clients send nothing useful over /ws (the stream closes with 1009 past 4 KiB); a frame past
+# this is dropped by Hypercorn unread, so at most this much is buffered per client (its default
+# would be 16 MiB).
+MAX_WEBSOCKET_MESSAGE_BYTES = 1024 * 1024
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
