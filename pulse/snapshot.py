@@ -119,6 +119,9 @@ class Snapshot:
     sandboxes: Mapping[str, SandboxView]  # sorted by sandbox id
     cri: CriStatus
     counters: AgentCounters
+    # Changes when a sandbox comes or goes, gains or loses data, or is relabelled: what readers
+    # that reuse output across versions must never lag behind on.
+    layout: int = 0
 
 
 T = TypeVar("T")

@@ -73,6 +73,8 @@ class _State:
     version: int = 0
     generations: int = 0
     dirty: bool = False  # something changed since the last published snapshot
+    layout: int = 0  # see Snapshot.layout
+    layout_changed: bool = False
 
 
 class CacheOwner:
@@ -169,6 +171,7 @@ class CacheOwner:
             state.counters = replace(
                 state.counters, sandboxes_seen_total=state.counters.sandboxes_seen_total + 1
             )
+            state.layout_changed = True
             state.dirty = True
             log.info(
                 "sandbox discovered",
@@ -189,6 +192,7 @@ class CacheOwner:
             return
         if entry.generation:
             await self._to_supervisor.send(StopCollecting(message.sandbox_id))
+        self._state.layout_changed = True
         self._state.dirty = True
         log.info("sandbox removed", sandbox_id=message.sandbox_id, root=message.root)
 
@@ -255,6 +259,8 @@ class CacheOwner:
                 count=message.digest.malformed_lines,
                 first=message.digest.first_error,
             )
+        if not entry.view.has_data:
+            self._state.layout_changed = True
         entry.digest = message.digest
         entry.success_clock = trio.current_time()
         view = entry.view.with_changes(
@@ -350,6 +356,8 @@ class CacheOwner:
                 self._state.dirty = True
 
     def _drop_data(self, entry: _Entry) -> None:
+        if entry.view.has_data:
+            self._state.layout_changed = True
         entry.digest = None
         self._update(entry, raw_body=None, cadvisor={})
 
@@ -378,6 +386,7 @@ class CacheOwner:
                 # with the VM's figures they are subtracted from.
                 continue
             self._update(entry, pod=pod)
+            state.layout_changed = True
             if entry.digest is not None and entry.rendering is not None:
                 # At least a millisecond (the exposition's resolution) after the collection.
                 stamp = max(time.time(), (entry.view.last_success or 0.0) + 0.001)
@@ -406,6 +415,9 @@ class CacheOwner:
         if not state.dirty and state.version:
             return
         state.version += 1
+        if state.layout_changed:
+            state.layout += 1
+            state.layout_changed = False
         self._board.publish(
             Snapshot(
                 version=state.version,
@@ -414,6 +426,7 @@ class CacheOwner:
                 sandboxes={sid: state.entries[sid].view for sid in sorted(state.entries)},
                 cri=state.cri,
                 counters=state.counters,
+                layout=state.layout,
             )
         )
         state.dirty = False

@@ -4,7 +4,9 @@ A body is assembled from the per-sandbox blocks the cache owner rendered at coll
 a response costs joins, not rendering. At hundreds of sandboxes the snapshot changes many times
 a second (every collection publishes one), so a body is reused until it is MAX_AGE old even if
 newer snapshots exist: its data is up to a collection interval old anyway, and one more second
-bounds the work to one assembly and one compression per second, whatever the scrape load.
+bounds the work to one assembly and one compression per second, whatever the scrape load. Only
+values may lag: a sandbox coming or going, gaining or losing data, or being relabelled changes
+the snapshot's layout, and a body of another layout is never reused.
 
 The gzip form is a compressor that has consumed the assembled part but was not flushed; each
 response copies it and compresses only the small agent-wide tail (whose request counters change
@@ -33,6 +35,7 @@ COMPRESS_SLICE = 512 * 1024  # about 3 ms of zlib at level 1: the longest the lo
 class Assembled:
     body: bytes
     version: int = 0
+    layout: int = 0
     built_at: float = 0.0  # trio clock
     _compressed_head: bytes = field(default=b"", repr=False)
     _compressor: zlib._Compress | None = field(default=None, repr=False)
@@ -83,10 +86,15 @@ class AssemblyCache:
         assembled = self._memo.get(key)
         if assembled is not None and (
             assembled.version == snapshot.version
-            or trio.current_time() - assembled.built_at < MAX_AGE
+            or (
+                assembled.layout == snapshot.layout
+                and trio.current_time() - assembled.built_at < MAX_AGE
+            )
         ):
             return assembled
-        assembled = Assembled(build(snapshot), snapshot.version, trio.current_time())
+        assembled = Assembled(
+            build(snapshot), snapshot.version, snapshot.layout, trio.current_time()
+        )
         if len(self._memo) >= self.MAX_ENTRIES:
             self._memo.clear()
         self._memo[key] = assembled
