@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.deploy.chart_support import REPO, Helm
+# The chart tests' helm fixture: the same real binary, found the same way.
+from tests.deploy.conftest import helm as helm
 
 
 def _program(name: str) -> Path:
@@ -31,31 +31,3 @@ def promtool() -> Path:
 @pytest.fixture(scope="session")
 def prometheus_binary() -> Path:
     return _program("prometheus")
-
-
-@pytest.fixture(scope="session")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    explicit = os.environ.get("HELM")
-    if explicit:
-        binary = Path(explicit)
-    else:
-        result = subprocess.run(
-            [str(REPO / "scripts" / "get-helm")],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if result.returncode != 0:
-            pytest.fail(f"no helm binary: `scripts/get-helm` failed:\n{result.stderr}")
-        binary = Path(result.stdout.strip())
-    home = tmp_path_factory.mktemp("helm-home")
-    # helm's caches and config stay out of the user's home: nothing is fetched.
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(home),
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-    }
-    return Helm(binary, env)
