@@ -11,14 +11,18 @@ from pulse.logs import configure, get_logger
 
 def _emit(json_format: bool) -> str:
     stream = io.StringIO()
+    root = logging.getLogger("pulse")
+    saved = (root.level, root.propagate, list(root.handlers))
     configure("debug", json_format, stream)
     try:
         get_logger("collector").warning(
             "scrape failed", sandbox_id="abc", error='bad "quote"\nnext line', count=3
         )
     finally:
-        logging.getLogger("pulse").handlers.clear()
-        logging.getLogger("pulse").propagate = True
+        # Leave the logger tree as found: a DEBUG level left behind makes every later test
+        # record (and keep, in pytest's log capture) every debug line.
+        root.setLevel(saved[0])
+        root.propagate, root.handlers[:] = saved[1], saved[2]
     return stream.getvalue()
 
 

@@ -10,6 +10,8 @@ shim that is scraped, and a pod in the simulated CRI.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import json
 import os
@@ -36,6 +38,7 @@ STEADY = 4  # sandboxes that live through the whole test
 # around; resident memory by what the allocators keep as free lists.
 FD_TOLERANCE = 8
 RSS_TOLERANCE_KIB = 24 * 1024
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 SANDBOX_ID = re.compile(r"[0-9a-f]{64}")
 
 
@@ -114,6 +117,9 @@ async def settle(tasks_expected: int | None = None) -> int:
     for _ in range(10):
         await trio.sleep(0.01)
     gc.collect()
+    # Hand freed heap back to the kernel, so that VmRSS measures what is still alive rather
+    # than what glibc keeps cached from earlier tests in this process.
+    _LIBC.malloc_trim(0)
     return task_count()
 
 
