@@ -15,6 +15,7 @@ from pathlib import Path
 import trio
 
 from pulse.actors.collector import SHIM_SOCKET
+from pulse.channels import send_promptly
 from pulse.config import Config
 from pulse.logs import get_logger
 from pulse.model import (
@@ -191,7 +192,7 @@ class CacheOwner:
         if entry is None:
             return
         if entry.generation:
-            await self._to_supervisor.send(StopCollecting(message.sandbox_id))
+            await send_promptly(self._to_supervisor, StopCollecting(message.sandbox_id))
         self._state.layout_changed = True
         self._state.dirty = True
         log.info("sandbox removed", sandbox_id=message.sandbox_id, root=message.root)
@@ -202,7 +203,7 @@ class CacheOwner:
         blocked = self._exclusion(sandbox_id)
         if blocked is not None:
             if entry.generation:
-                await self._to_supervisor.send(StopCollecting(sandbox_id))
+                await send_promptly(self._to_supervisor, StopCollecting(sandbox_id))
                 entry.generation = 0
                 self._drop_data(entry)
             if entry.view.state is not blocked:
@@ -221,7 +222,9 @@ class CacheOwner:
         if entry.view.state in (SandboxState.EXCLUDED, SandboxState.AWAITING_CRI):
             self._update(entry, state=SandboxState.PENDING)
         socket_path = Path(entry.view.root, sandbox_id, SHIM_SOCKET)
-        await self._to_supervisor.send(StartCollecting(sandbox_id, socket_path, entry.generation))
+        await send_promptly(
+            self._to_supervisor, StartCollecting(sandbox_id, socket_path, entry.generation)
+        )
 
     def _nudge_cri(self) -> None:
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import trio
 
+from pulse.channels import send_promptly
 from pulse.ids import is_sandbox_id
 from pulse.inotify import Event, Inotify, Mask
 from pulse.logs import get_logger
@@ -216,8 +217,8 @@ async def run_watcher(
         watcher = _Watcher(roots, inotify)
         watcher.attach_missing_roots()
         for message in watcher.take_outbox():
-            await to_cache.send(message)
-        await to_cache.send(InitialScanDone())
+            await send_promptly(to_cache, message)
+        await send_promptly(to_cache, InitialScanDone())
         log.info(
             "initial scan done", roots=":".join(map(str, roots)), sandboxes=len(watcher.present)
         )
