@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from pulse import katamon
 from pulse.cadvisor import (
@@ -20,6 +20,7 @@ from pulse.cadvisor import (
     ConversionOptions,
     ConversionState,
     GuestSample,
+    Rates,
     convert,
     extract_guest,
 )
@@ -119,16 +120,10 @@ class Renderer:
 
 
 def live_stats(state: ConversionState) -> LiveStats:
-    rates = state.rates
-    if rates is None:
-        return LiveStats(memory_working_set_bytes=state.working_set_bytes)
+    rates = state.rates or Rates()
     return LiveStats(
-        cpu_cores=rates.cpu_cores,
+        **{field.name: getattr(rates, field.name) for field in fields(Rates)},
         memory_working_set_bytes=state.working_set_bytes,
-        network_receive_bytes_per_second=rates.network_receive_bytes_per_second,
-        network_transmit_bytes_per_second=rates.network_transmit_bytes_per_second,
-        disk_read_bytes_per_second=rates.disk_read_bytes_per_second,
-        disk_write_bytes_per_second=rates.disk_write_bytes_per_second,
     )
 
 

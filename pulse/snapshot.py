@@ -14,6 +14,7 @@ from typing import Generic, Protocol, TypeVar
 
 import trio
 
+from pulse.cadvisor.convert import Rates
 from pulse.model import PodMeta, RuntimeKind, SandboxState, ScrapeFailure
 
 Block = Mapping[str, bytes]  # family name -> that family's sample lines for one sandbox
@@ -47,15 +48,11 @@ CRI_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 
 
 @dataclass(frozen=True, slots=True)
-class LiveStats:
-    """Per-interval figures for live views, computed once per collection by the cache owner."""
+class LiveStats(Rates):
+    """What live views show of a sandbox: the conversion's rates over the last interval (computed
+    once per collection by the cache owner) and the memory working set."""
 
-    cpu_cores: float | None = None  # CPU used over the last interval, in cores
     memory_working_set_bytes: float | None = None
-    network_receive_bytes_per_second: float | None = None
-    network_transmit_bytes_per_second: float | None = None
-    disk_read_bytes_per_second: float | None = None
-    disk_write_bytes_per_second: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
