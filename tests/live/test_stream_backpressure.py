@@ -94,6 +94,17 @@ async def _allocated_while(work: Awaitable[None]) -> int:
         tracemalloc.stop()
 
 
+async def _publish_until_blocked(publisher: Publisher, server_port: int, client_port: int) -> int:
+    """Publish until the kernel holds data the client does not take: from then on the server's
+    send to this client is blocked. The next round number."""
+    round_ = 1
+    with trio.fail_after(20):
+        while not _server_send_queue(server_port, client_port):
+            await _publish_rounds(publisher, round_, 5)
+            round_ += 5
+    return round_
+
+
 async def test_silent_client_does_not_grow_memory_and_is_cut_off() -> None:
     publisher = Publisher(_fleet(0))
     limits = StreamLimits(stall_seconds=0.5, heartbeat_seconds=60.0)
@@ -102,13 +113,7 @@ async def test_silent_client_does_not_grow_memory_and_is_cut_off() -> None:
         assert server_port is not None
         async with small_window_client(served.ws_url) as (silent, client_port):
             await wait_until(lambda: served.web.websocket_clients == 1)
-            # Publish until the kernel holds data the client does not take: from here on the
-            # server's send to this client is blocked.
-            round_ = 1
-            with trio.fail_after(20):
-                while not _server_send_queue(server_port, client_port):
-                    await _publish_rounds(publisher, round_, 5)
-                    round_ += 5
+            round_ = await _publish_until_blocked(publisher, server_port, client_port)
             await _publish_rounds(publisher, round_, 10)
             round_ += 10
             # Each round is a ~140 KB batch for this client: queueing them would keep megabytes.
@@ -135,11 +140,7 @@ async def test_client_that_pauses_too_long_is_closed_with_4008() -> None:
         assert server_port is not None
         async with small_window_client(served.ws_url) as (paused, client_port):
             await wait_until(lambda: served.web.websocket_clients == 1)
-            round_ = 1
-            with trio.fail_after(20):
-                while not _server_send_queue(server_port, client_port):
-                    await _publish_rounds(publisher, round_, 5)
-                    round_ += 5
+            round_ = await _publish_until_blocked(publisher, server_port, client_port)
             await _publish_rounds(publisher, round_, 5)
             await trio.sleep(limits.stall_seconds * 3)  # the pause; then the client reads again
             with pytest.raises(ConnectionClosed) as closed, trio.fail_after(20):
