@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -19,6 +20,7 @@ from pulse.logs import configure, get_logger
 log = get_logger("main")
 
 EXIT_USAGE = 2
+OPEN_FILES_WHEN_UNLIMITED = 1 << 20
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,6 +89,28 @@ def _exit_anyway_after(seconds: float) -> None:
     timer.start()
 
 
+def raise_open_files_limit() -> tuple[int, int]:
+    """Lift the soft limit on open files to the hard one; (soft before, soft now).
+
+    Every collector keeps a connection to its shim, so the agent needs a descriptor per
+    sandbox plus its own. Runtimes no longer raise the limit for their pods (containerd 2 and
+    CRI-O dropped LimitNOFILE), which leaves the soft limit at 1024 (Go programs lift it
+    themselves since Go 1.19; Python does not).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit cannot be the soft one (the kernel caps it at fs.nr_open).
+    wanted = OPEN_FILES_WHEN_UNLIMITED if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft >= wanted:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (OSError, ValueError) as err:
+        log.warning("cannot raise the open files limit", soft=soft, hard=hard, error=str(err))
+        return soft, soft
+    log.debug("open files limit raised", soft=soft, now=wanted)
+    return soft, wanted
+
+
 def _config_or_exit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
     try:
         return build_config(args, os.environ)
@@ -104,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     config = _config_or_exit(args, parser)
     configure(config.log_level, config.log_json)
+    raise_open_files_limit()
     if args.command == "demo":
         from pulse.sim.demo import run_demo
 

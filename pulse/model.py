@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pulse.kept import KeptBody
     from pulse.pipeline import BodyDigest
 
 
@@ -128,7 +129,7 @@ class ScrapeSucceeded:
     generation: int  # which StartCollecting this collector was started by
     wall_time: float  # unix seconds when the response was complete
     duration: float  # seconds the collection took
-    body: bytes
+    body: KeptBody
     digest: BodyDigest
 
 

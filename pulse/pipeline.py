@@ -4,19 +4,18 @@
   needs (the parsed body itself is large and is not kept).
 - `Renderer` runs in the cache owner: turns a digest plus pod metadata into the sandbox's
   cAdvisor block, once per collection (or when the CRI changes what the pod is called).
-- `assemble_*` run in the web app, over a snapshot: joins of pre-rendered blocks.
+- `*_pieces` run in the web app, over a snapshot: joins of pre-rendered blocks, in pieces.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 
 from pulse import katamon
 from pulse.cadvisor import (
-    HEADERS as CADVISOR_HEADERS,
-)
-from pulse.cadvisor import (
+    GUEST_SHAPES,
     ConversionOptions,
     ConversionState,
     GuestSample,
@@ -24,10 +23,14 @@ from pulse.cadvisor import (
     convert,
     extract_guest,
 )
+from pulse.cadvisor import (
+    HEADERS as CADVISOR_HEADERS,
+)
+from pulse.cadvisor.render import LinePrefixes
 from pulse.config import Config
-from pulse.expo.parser import parse
-from pulse.expo.text import assemble
-from pulse.model import Labels
+from pulse.expo.parser import parse, parse_selected
+from pulse.expo.text import assemble_pieces
+from pulse.model import Labels, PodMeta
 from pulse.selfmetrics import SANDBOX_HEADERS
 from pulse.snapshot import Block, LiveStats, SandboxView, Snapshot
 
@@ -37,9 +40,10 @@ OUTPUT_HEADERS = {**CADVISOR_HEADERS, **SANDBOX_HEADERS}
 @dataclass(frozen=True, slots=True)
 class BodyDigest:
     guest: GuestSample
-    samples: int
+    has_samples: bool
     malformed_lines: int
     first_error: str | None
+    whole: bool = True  # every line of the body was validated, not just the guest families
 
 
 def decode(body: bytes) -> str:
@@ -48,12 +52,25 @@ def decode(body: bytes) -> str:
     return body.decode("utf-8", "replace")
 
 
-def digest_body(body: bytes, disk_exclude: re.Pattern[str] | None = None) -> BodyDigest:
-    """Parse once and keep what the conversion needs; excluded disks are not even kept."""
-    parsed = parse(decode(body))
+def digest_body(
+    body: bytes, disk_exclude: re.Pattern[str] | None = None, *, whole: bool = True
+) -> BodyDigest:
+    """Parse and keep what the conversion needs; excluded disks are not even kept.
+
+    `whole=False` parses only the guest families the conversion reads (see `parse_selected`).
+    It falls back to the whole body when the layout does not allow that, when a guest line is
+    malformed, or when the body has no guest samples (is there anything at all?); the
+    result's `whole` tells which happened.
+    """
+    text = decode(body)
+    if not whole:
+        selected = parse_selected(text, GUEST_SHAPES)
+        if selected is not None and selected.has_samples:
+            return BodyDigest(extract_guest(selected, disk_exclude), True, 0, None, whole=False)
+    parsed = parse(text)
     return BodyDigest(
         extract_guest(parsed, disk_exclude),
-        parsed.sample_count,
+        parsed.has_samples,
         parsed.malformed_lines,
         parsed.first_error,
     )
@@ -67,13 +84,16 @@ class SandboxRendering:
     state_before: ConversionState | None
     state_after: ConversionState
     live: LiveStats
+    # The sandbox's line starts, reused by its next collection while its identity holds.
+    prefixes: LinePrefixes = field(default_factory=LinePrefixes, compare=False, repr=False)
 
     @property
     def cpu_unit(self) -> str | None:
         return self.state_after.cpu_unit
 
-    def apply(self, view: SandboxView) -> SandboxView:
-        return replace(view, cadvisor=self.cadvisor, live=self.live, cpu_unit=self.cpu_unit)
+    def view_changes(self) -> dict[str, object]:
+        """The SandboxView fields this rendering sets, for `SandboxView.with_changes`."""
+        return {"cadvisor": self.cadvisor, "live": self.live, "cpu_unit": self.cpu_unit}
 
 
 class Renderer:
@@ -86,14 +106,18 @@ class Renderer:
 
     def render(
         self,
-        view: SandboxView,
+        sandbox_id: str,
+        pod: PodMeta | None,
+        collected_at: float,
         digest: BodyDigest,
         previous: SandboxRendering | None,
     ) -> SandboxRendering:
         """A new collection: convert it, advancing the sandbox's conversion state."""
-        assert view.last_success is not None
-        state_before = previous.state_after if previous is not None else None
-        return self._convert(view, digest, state_before, view.last_success)
+        if previous is None:
+            return self._convert(sandbox_id, pod, digest, None, collected_at, LinePrefixes())
+        return self._convert(
+            sandbox_id, pod, digest, previous.state_after, collected_at, previous.prefixes
+        )
 
     def rerender(
         self, view: SandboxView, digest: BodyDigest, rendering: SandboxRendering, now: float
@@ -102,21 +126,26 @@ class Renderer:
 
         Stamped `now`, not with the collection's time: a series whose value changes (the
         sandbox row's remainder, when a container comes or goes) must not repeat a timestamp
-        Prometheus may already hold a different value for.
+        Prometheus may already hold a different value for. The pod's identity changed, so its
+        rows did: the old label texts are of no more use.
         """
-        return self._convert(view, digest, rendering.state_before, now)
+        return self._convert(
+            view.sandbox_id, view.pod, digest, rendering.state_before, now, LinePrefixes()
+        )
 
     def _convert(
         self,
-        view: SandboxView,
+        sandbox_id: str,
+        pod: PodMeta | None,
         digest: BodyDigest,
         state_before: ConversionState | None,
         collected_at: float,
+        prefixes: LinePrefixes,
     ) -> SandboxRendering:
         block, state_after = convert(
-            view.sandbox_id, digest.guest, view.pod, collected_at, state_before, self._options
+            sandbox_id, digest.guest, pod, collected_at, state_before, self._options, prefixes
         )
-        return SandboxRendering(block, state_before, state_after, live_stats(state_after))
+        return SandboxRendering(block, state_before, state_after, live_stats(state_after), prefixes)
 
 
 def live_stats(state: ConversionState) -> LiveStats:
@@ -127,31 +156,46 @@ def live_stats(state: ConversionState) -> LiveStats:
     )
 
 
-def _selected(snapshot: Snapshot, sandbox_id: str | None) -> list[SandboxView]:
-    if sandbox_id is not None:
-        return [snapshot.sandboxes[sandbox_id]]
-    return list(snapshot.sandboxes.values())
+# About 0.1 to 0.8 ms of joins at 500 sandboxes: what the web app builds between checkpoints.
+ASSEMBLY_PIECE = 256 * 1024
+
+
+def cadvisor_pieces(
+    snapshot: Snapshot, sandbox_id: str | None = None, piece_size: int = ASSEMBLY_PIECE
+) -> Iterator[bytes]:
+    """The cAdvisor families and the per-sandbox kata_pulse_* lines of every (or one) sandbox,
+    as consecutive pieces made one at a time (the caller yields between them)."""
+    views = (
+        [snapshot.sandboxes[sandbox_id]] if sandbox_id is not None else snapshot.sandboxes.values()
+    )
+    blocks: list[Block] = []
+    for view in views:
+        blocks.append(view.cadvisor)
+        blocks.append(view.own)
+    return assemble_pieces(OUTPUT_HEADERS, blocks, piece_size)
+
+
+def kata_pieces(snapshot: Snapshot, family_prefixes: tuple[str, ...] = ()) -> Iterator[bytes]:
+    """kata-monitor compatible output, rendered from the kept raw bodies; an empty piece after
+    each sandbox marks a point to yield at (parsing 500 bodies in one go holds the loop for a
+    second), and the last piece is the whole output.
+
+    Rendered on request (and reused by the web app) rather than per collection: kept
+    pre-rendered, every shim line with its four injected labels would cost several times the
+    memory of the kept bodies, for an endpoint that exists for compatibility.
+    """
+    rendered: list[katamon.KataBlock] = []
+    for view in snapshot.sandboxes.values():
+        if view.raw_body is not None:
+            parsed = parse(decode(view.raw_body.raw()))
+            rendered.append(katamon.render_sandbox(parsed, Labels.of(view.sandbox_id, view.pod)))
+            yield b""
+    yield katamon.assemble_kata(rendered, family_prefixes)
 
 
 def assemble_cadvisor(snapshot: Snapshot, sandbox_id: str | None = None) -> bytes:
-    """The cAdvisor families and the per-sandbox kata_pulse_* lines of every (or one) sandbox."""
-    blocks: list[Block] = []
-    for view in _selected(snapshot, sandbox_id):
-        blocks.append(view.cadvisor)
-        blocks.append(view.own)
-    return assemble(OUTPUT_HEADERS, blocks)
+    return b"".join(cadvisor_pieces(snapshot, sandbox_id))
 
 
 def assemble_kata(snapshot: Snapshot, family_prefixes: tuple[str, ...] = ()) -> bytes:
-    """kata-monitor compatible output, rendered from the kept raw bodies.
-
-    Rendered on request (and memoized per snapshot by the web app) rather than per collection:
-    kept pre-rendered, every shim line with its four injected labels would cost several times
-    the memory of the raw bodies, for an endpoint that exists for compatibility.
-    """
-    rendered = [
-        katamon.render_sandbox(parse(decode(view.raw_body)), Labels.of(view.sandbox_id, view.pod))
-        for view in snapshot.sandboxes.values()
-        if view.raw_body is not None
-    ]
-    return katamon.assemble_kata(rendered, family_prefixes)
+    return b"".join(kata_pieces(snapshot, family_prefixes))

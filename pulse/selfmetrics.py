@@ -98,8 +98,9 @@ def _family(name: str, kind: str, help_text: str, lines: list[str]) -> str:
     return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n{body}"
 
 
-def render_agent(snapshot: Snapshot, web: WebCounters) -> bytes:
-    """The agent-wide kata_pulse_* families (everything not in a sandbox's own block)."""
+def render_agent_state(snapshot: Snapshot) -> bytes:
+    """The agent-wide kata_pulse_* families (everything not in a sandbox's own block) that
+    depend on the snapshot alone, so can be reused with it; `render_web` renders the rest."""
     by_root_state: dict[tuple[str, str], int] = {}
     for view in snapshot.sandboxes.values():
         key = (str(view.root), view.state.value)
@@ -178,6 +179,13 @@ def render_agent(snapshot: Snapshot, web: WebCounters) -> bytes:
                 f"{format_value(round(cri.last_success or 0.0, 3))}"
             ],
         ),
+    ]
+    return "".join(parts).encode()
+
+
+def render_web(web: WebCounters) -> bytes:
+    """The web app's own families, which change with every request."""
+    parts = [
         _family(
             "kata_pulse_http_requests_total",
             "counter",

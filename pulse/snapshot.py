@@ -15,6 +15,7 @@ from typing import Generic, Protocol, TypeVar
 import trio
 
 from pulse.cadvisor.convert import Rates
+from pulse.kept import KeptBody
 from pulse.model import PodMeta, RuntimeKind, SandboxState, ScrapeFailure
 
 Block = Mapping[str, bytes]  # family name -> that family's sample lines for one sandbox
@@ -72,7 +73,7 @@ class SandboxView:
     failures_total: int = 0
     malformed_lines: int = 0  # in the last good body
     cpu_unit: str | None = None
-    raw_body: bytes | None = None  # the last good shim body, while fresh
+    raw_body: KeptBody | None = None  # the last good shim body, while fresh
     cadvisor: Block = field(default_factory=dict)  # rendered once per collection
     own: Block = field(default_factory=dict)  # kata_pulse_sandbox_* lines of this sandbox
     live: LiveStats = field(default_factory=LiveStats)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import trio
@@ -20,6 +20,7 @@ from pulse.config import Config
 from pulse.logs import get_logger
 from pulse.model import (
     CacheMessage,
+    ContainerInfo,
     CriSnapshot,
     CriSynced,
     CriSyncFailed,
@@ -48,6 +49,12 @@ from pulse.snapshot import (
 log = get_logger("cache")
 
 MAX_MESSAGES_PER_SNAPSHOT = 256
+# Value-only changes are published at most this often: at hundreds of sandboxes collections
+# arrive ~100 times a second, and a snapshot per collection cost more than the collection's
+# rendering. Nothing reading snapshots needs them fresher (/metrics reuses a body for up to
+# a second). A change of layout (a sandbox found or gone, data gained or lost, relabelled) and
+# the end of the initial scan (readiness) are published at once.
+PUBLISH_GAP = 0.05
 
 
 @dataclass(slots=True)
@@ -76,6 +83,10 @@ class _State:
     dirty: bool = False  # something changed since the last published snapshot
     layout: int = 0  # see Snapshot.layout
     layout_changed: bool = False
+    publish_due: float = -math.inf  # trio clock: when value-only changes may be published
+    urgent: bool = False  # a change readers must see at once (see PUBLISH_GAP)
+    failing: set[str] = field(default_factory=set)  # sandboxes whose last scrape failed
+    order: list[str] | None = None  # sandbox ids sorted, until one comes or goes
 
 
 class CacheOwner:
@@ -106,7 +117,10 @@ class CacheOwner:
     async def run(self, inbox: trio.MemoryReceiveChannel[CacheMessage]) -> None:
         while True:
             message: CacheMessage | None = None
-            with trio.move_on_at(self._next_expiry()):
+            wake_at = self._next_expiry()
+            if self._state.dirty:
+                wake_at = min(wake_at, self._state.publish_due)
+            with trio.move_on_at(wake_at):
                 try:
                     message = await inbox.receive()
                 except trio.EndOfChannel:
@@ -121,7 +135,9 @@ class CacheOwner:
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
             self._expire_stale()
-            self._publish_if_changed()
+            state = self._state
+            if state.layout_changed or state.urgent or trio.current_time() >= state.publish_due:
+                self._publish_if_changed()
 
     async def handle(self, message: CacheMessage) -> None:
         if isinstance(message, ScrapeSucceeded):
@@ -137,8 +153,8 @@ class CacheOwner:
         elif isinstance(message, CriSyncFailed):
             self._cri_failed(message)
         elif isinstance(message, InitialScanDone):
-            self._state.scan_done = True
-            self._state.dirty = True
+            self._state.scan_done = True  # readiness: published at once
+            self._state.dirty = self._state.urgent = True
 
     # --- sandboxes coming and going ---
 
@@ -169,6 +185,7 @@ class CacheOwner:
             )
             entry = _Entry(view.with_changes(own=render_sandbox_own(view)))
             state.entries[message.sandbox_id] = entry
+            state.order = None
             state.counters = replace(
                 state.counters, sandboxes_seen_total=state.counters.sandboxes_seen_total + 1
             )
@@ -191,6 +208,8 @@ class CacheOwner:
         entry = self._state.entries.pop(message.sandbox_id, None)
         if entry is None:
             return
+        self._state.order = None
+        self._state.failing.discard(message.sandbox_id)
         if entry.generation:
             await send_promptly(self._to_supervisor, StopCollecting(message.sandbox_id))
         self._state.layout_changed = True
@@ -255,6 +274,7 @@ class CacheOwner:
         if entry.failing:
             log.info("sandbox scrapes recovered", sandbox_id=message.sandbox_id)
         entry.failing = False
+        self._state.failing.discard(message.sandbox_id)
         if message.digest.malformed_lines:
             log.debug(
                 "malformed lines skipped",
@@ -266,8 +286,16 @@ class CacheOwner:
             self._state.layout_changed = True
         entry.digest = message.digest
         entry.success_clock = trio.current_time()
-        view = entry.view.with_changes(
-            pod=self._state.pods.get(message.sandbox_id),
+        pod = self._state.pods.get(message.sandbox_id)
+        rendering = self._renderer.render(
+            message.sandbox_id, pod, message.wall_time, message.digest, entry.rendering
+        )
+        if rendering.cpu_unit and (entry.rendering is None or not entry.rendering.cpu_unit):
+            log.info("guest cpu time unit", sandbox_id=message.sandbox_id, unit=rendering.cpu_unit)
+        entry.rendering = rendering
+        self._update(
+            entry,
+            pod=pod,
             state=SandboxState.UP,
             last_success=message.wall_time,
             last_attempt=message.wall_time,
@@ -277,13 +305,8 @@ class CacheOwner:
             scrapes_total=entry.view.scrapes_total + 1,
             malformed_lines=message.digest.malformed_lines,
             raw_body=message.body,
+            **rendering.view_changes(),
         )
-        rendering = self._renderer.render(view, message.digest, entry.rendering)
-        if rendering.cpu_unit and (entry.rendering is None or not entry.rendering.cpu_unit):
-            log.info("guest cpu time unit", sandbox_id=view.sandbox_id, unit=rendering.cpu_unit)
-        entry.rendering = rendering
-        entry.view = rendering.apply(view)
-        self._update(entry)
         self._state.dirty = True
 
     def _scrape_failed(self, message: ScrapeFailed) -> None:
@@ -310,6 +333,7 @@ class CacheOwner:
                 error=message.detail,
             )
         entry.failing = True
+        self._state.failing.add(message.sandbox_id)
         fresh = entry.success_clock is not None and not self._is_stale(entry.success_clock)
         self._update(
             entry,
@@ -331,19 +355,22 @@ class CacheOwner:
         # The same expression as the deadline in _next_expiry, so waking at it always expires.
         return trio.current_time() >= success_clock + self._config.stale_after
 
+    def _failing_entries(self) -> list[_Entry]:
+        entries = self._state.entries
+        return [entries[sandbox_id] for sandbox_id in self._state.failing]
+
     def _next_expiry(self) -> float:
         deadlines = [
             entry.success_clock + self._config.stale_after
-            for entry in self._state.entries.values()
-            if entry.failing and entry.success_clock is not None and entry.view.has_data
+            for entry in self._failing_entries()
+            if entry.success_clock is not None and entry.view.has_data
         ]
         return min(deadlines, default=math.inf)
 
     def _expire_stale(self) -> None:
-        for entry in self._state.entries.values():
+        for entry in self._failing_entries():
             if (
-                entry.failing
-                and entry.view.has_data
+                entry.view.has_data
                 and entry.success_clock is not None
                 and self._is_stale(entry.success_clock)
             ):
@@ -396,7 +423,7 @@ class CacheOwner:
                 entry.rendering = self._renderer.rerender(
                     entry.view, entry.digest, entry.rendering, stamp
                 )
-                entry.view = entry.rendering.apply(entry.view)
+                self._update(entry, **entry.rendering.view_changes())
             await self._apply_collection_policy(entry)
             state.dirty = True
 
@@ -421,12 +448,17 @@ class CacheOwner:
         if state.layout_changed:
             state.layout += 1
             state.layout_changed = False
+        state.publish_due = trio.current_time() + PUBLISH_GAP
+        state.urgent = False
+        if state.order is None:
+            state.order = sorted(state.entries)
+        entries = state.entries
         self._board.publish(
             Snapshot(
                 version=state.version,
                 started_at=state.started_at,
                 scan_done=state.scan_done,
-                sandboxes={sid: state.entries[sid].view for sid in sorted(state.entries)},
+                sandboxes={sid: entries[sid].view for sid in state.order},
                 cri=state.cri,
                 counters=state.counters,
                 layout=state.layout,
@@ -438,8 +470,18 @@ class CacheOwner:
         self._publish_if_changed()
 
 
-def _identity(pod: PodMeta | None) -> PodMeta | None:
-    """A pod's metadata without the container stats, which change on every sync."""
-    if pod is None or not any(c.stats is not None for c in pod.containers):
-        return pod
-    return replace(pod, containers=tuple(replace(c, stats=None) for c in pod.containers))
+# Every field but the container stats, which change on every sync. Read from the classes so
+# that a field added to them counts without anyone remembering this place.
+_POD_IDENTITY = tuple(f.name for f in fields(PodMeta) if f.name != "containers")
+_CONTAINER_IDENTITY = tuple(f.name for f in fields(ContainerInfo) if f.name != "stats")
+
+
+def _identity(pod: PodMeta | None) -> tuple[object, ...] | None:
+    """What of a pod's metadata its output is labelled by: all of it but container stats.
+    Compared for every sandbox at every CRI sync, so it builds tuples rather than copies."""
+    if pod is None:
+        return None
+    containers = tuple(
+        tuple(getattr(c, name) for name in _CONTAINER_IDENTITY) for c in pod.containers
+    )
+    return (*(getattr(pod, name) for name in _POD_IDENTITY), containers)

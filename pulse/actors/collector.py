@@ -15,6 +15,7 @@ from pathlib import Path
 
 import trio
 
+from pulse.kept import KeptBody
 from pulse.logs import get_logger
 from pulse.model import (
     CacheMessage,
@@ -26,7 +27,7 @@ from pulse.model import (
     SupervisorMessage,
 )
 from pulse.pipeline import digest_body
-from pulse.shim_client import ShimError, fetch
+from pulse.shim_client import ShimConnection, ShimError, fetch
 
 log = get_logger("collector")
 
@@ -38,6 +39,10 @@ SOCKET_RETRY_FIRST = 0.05
 SOCKET_RETRY_MAX = 1.0
 SOCKET_NOT_READY = frozenset({ScrapeFailure.NO_SOCKET, ScrapeFailure.CONNECT})
 JITTER = 0.1  # each interval is stretched or shrunk by up to 10% so collections drift apart
+# How often a clean body is validated line by line; in between only the guest families the
+# conversion reads are parsed (see digest_body). A body with malformed lines is validated at
+# every collection, so its errors stay counted and visible.
+WHOLE_BODY_CHECK_EVERY = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +54,27 @@ class CollectorSettings:
 
 
 async def collect_once(
-    sandbox_id: str, generation: int, socket_path: Path, settings: CollectorSettings
+    sandbox_id: str,
+    generation: int,
+    socket_path: Path,
+    settings: CollectorSettings,
+    *,
+    whole_body: bool = True,
+    connection: ShimConnection | None = None,
 ) -> ScrapeSucceeded | ScrapeFailed:
-    """Fetch and digest one shim body; the digest is parsed here, in the collector's task."""
+    """Fetch and digest one shim body; the digest is parsed here, in the collector's task.
+
+    `whole_body=False` validates only the guest families (see digest_body). With a
+    `connection` (to `socket_path`) the request goes over it, kept open for the next call;
+    without one a connection is opened for this call alone."""
     started = trio.current_time()
     body: bytes | None = None
     try:
         with trio.move_on_after(settings.timeout):
-            body = await fetch(socket_path, METRICS_PATH, max_body=settings.max_body)
+            if connection is None:
+                body = await fetch(socket_path, METRICS_PATH, max_body=settings.max_body)
+            else:
+                body = await connection.get(METRICS_PATH, max_body=settings.max_body)
     except ShimError as err:
         elapsed = trio.current_time() - started
         return ScrapeFailed(sandbox_id, generation, time.time(), elapsed, err.reason, err.detail)
@@ -66,14 +84,15 @@ async def collect_once(
         return ScrapeFailed(
             sandbox_id, generation, time.time(), elapsed, ScrapeFailure.TIMEOUT, detail
         )
-    digest = digest_body(body, settings.disk_exclude)
+    digest = digest_body(body, settings.disk_exclude, whole=whole_body)
     elapsed = trio.current_time() - started
-    if digest.samples == 0:
+    if not digest.has_samples:
         detail = digest.first_error or "no samples in the body"
         return ScrapeFailed(
             sandbox_id, generation, time.time(), elapsed, ScrapeFailure.UNPARSEABLE, detail
         )
-    return ScrapeSucceeded(sandbox_id, generation, time.time(), elapsed, body, digest)
+    kept = KeptBody.of(body)
+    return ScrapeSucceeded(sandbox_id, generation, time.time(), elapsed, kept, digest)
 
 
 async def run_collector(
@@ -90,28 +109,44 @@ async def run_collector(
     # The second collection lands at a random phase of the interval, so sandboxes discovered
     # together (at start, or in a burst) spread out instead of firing in lockstep forever.
     next_delay = rng.uniform(0.0, settings.interval)
-    while True:
-        result = await collect_once(sandbox_id, generation, socket_path, settings)
-        if isinstance(result, ScrapeFailed) and not socket_path.parent.is_dir():
-            # The sandbox is being torn down (kata #13735): not an error, and the watcher's
-            # SandboxGone will cancel this collector in a moment.
-            log.debug("scrape raced the sandbox's teardown", sandbox_id=sandbox_id)
-            await trio.sleep(SOCKET_RETRY_MAX)
-            continue
-        if isinstance(result, ScrapeFailed) and result.reason in SOCKET_NOT_READY:
-            # A shim that is starting (no socket, or bound but not listening yet) is retried
-            # quickly; its failure is reported once per episode, not on every retry.
-            if reported is not result.reason:
-                reported = result.reason
-                await to_cache.send(result)
-            await trio.sleep(retry_delay)
-            retry_delay = min(retry_delay * 2, SOCKET_RETRY_MAX)
-            continue
-        reported = None
-        retry_delay = SOCKET_RETRY_FIRST
-        await to_cache.send(result)
-        await trio.sleep(next_delay)
-        next_delay = settings.interval * rng.uniform(1 - JITTER, 1 + JITTER)
+    # The first collection reads only what the conversion needs, so that hundreds of sandboxes
+    # found at start show up sooner; the second (at its random phase) checks the whole body.
+    next_whole_check = trio.current_time() + next_delay
+    # One connection for the collector's life, reused across collections; closed with it.
+    async with ShimConnection(socket_path) as connection:
+        while True:
+            whole_body = trio.current_time() >= next_whole_check
+            result = await collect_once(
+                sandbox_id,
+                generation,
+                socket_path,
+                settings,
+                whole_body=whole_body,
+                connection=connection,
+            )
+            if isinstance(result, ScrapeSucceeded) and result.digest.whole:
+                clean = result.digest.malformed_lines == 0
+                next_whole_check = trio.current_time() + (WHOLE_BODY_CHECK_EVERY if clean else 0.0)
+            if isinstance(result, ScrapeFailed) and not socket_path.parent.is_dir():
+                # The sandbox is being torn down (kata #13735): not an error, and the watcher's
+                # SandboxGone will cancel this collector in a moment.
+                log.debug("scrape raced the sandbox's teardown", sandbox_id=sandbox_id)
+                await trio.sleep(SOCKET_RETRY_MAX)
+                continue
+            if isinstance(result, ScrapeFailed) and result.reason in SOCKET_NOT_READY:
+                # A shim that is starting (no socket, or bound but not listening yet) is retried
+                # quickly; its failure is reported once per episode, not on every retry.
+                if reported is not result.reason:
+                    reported = result.reason
+                    await to_cache.send(result)
+                await trio.sleep(retry_delay)
+                retry_delay = min(retry_delay * 2, SOCKET_RETRY_MAX)
+                continue
+            reported = None
+            retry_delay = SOCKET_RETRY_FIRST
+            await to_cache.send(result)
+            await trio.sleep(next_delay)
+            next_delay = settings.interval * rng.uniform(1 - JITTER, 1 + JITTER)
 
 
 async def run_supervisor(

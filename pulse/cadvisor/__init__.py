@@ -11,10 +11,11 @@ from pulse.cadvisor.convert import (
     convert,
 )
 from pulse.cadvisor.families import FAMILIES, HEADERS
-from pulse.cadvisor.guest import GuestSample, extract_guest
+from pulse.cadvisor.guest import GUEST_SHAPES, GuestSample, extract_guest
 
 __all__ = [
     "FAMILIES",
+    "GUEST_SHAPES",
     "HEADERS",
     "ConversionOptions",
     "ConversionState",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from pulse.expo.parser import ParsedBody
 
@@ -19,6 +20,18 @@ VMSTAT_FAMILY = "kata_guest_vm_stat"
 NETDEV_FAMILY = "kata_guest_netdev_stat"
 DISKSTAT_FAMILY = "kata_guest_diskstat"
 TASKS_FAMILY = "kata_guest_tasks"
+# The families the conversion reads, each with the labels `extract_guest` looks samples up by
+# (a family proved to have exactly these is indexed without further checks).
+GUEST_SHAPES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        CPU_FAMILY: ("cpu", "item"),
+        MEMINFO_FAMILY: ("item",),
+        VMSTAT_FAMILY: ("item",),
+        NETDEV_FAMILY: ("interface", "item"),
+        DISKSTAT_FAMILY: ("disk", "item"),
+        TASKS_FAMILY: ("item",),
+    }
+)
 
 # Every time a CPU spends, once: guest and guest_nice are already inside user and nice.
 CPU_TIME_ITEMS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")

@@ -9,6 +9,39 @@ from pulse.expo.text import Block, escape_label_value, format_value
 Labels = tuple[tuple[str, str], ...]
 
 
+class LinePrefixes:
+    """The label text of each series a sandbox emits, kept across its collections.
+
+    A sandbox writes the same hundred-odd series at every collection; only the values and the
+    timestamp change. Escaping and sorting each series' labels once, instead of at every
+    collection, is most of what rendering a block used to cost. Keyed by row and extra labels
+    only (several families share one label text), which keeps it to a few kilobytes per
+    sandbox. Bounded: a sandbox whose devices or containers keep changing starts afresh past
+    MAX_ENTRIES.
+    """
+
+    MAX_ENTRIES = 1024
+
+    __slots__ = ("_texts",)
+
+    def __init__(self) -> None:
+        self._texts: dict[tuple[Row, Labels], str] = {}
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def label_text(self, row: Row, extras: Labels) -> str:
+        key = (row, extras)
+        text = self._texts.get(key)
+        if text is None:
+            if len(self._texts) >= self.MAX_ENTRIES:
+                self._texts.clear()
+            pairs = [*row.labels, *((name, escape_label_value(v)) for name, v in extras)]
+            text = ",".join(f'{name}="{value}"' for name, value in sorted(pairs))
+            self._texts[key] = text
+        return text
+
+
 class BlockWriter:
     """Collects lines family by family; each family's lines stay in the order they were added.
 
@@ -16,43 +49,26 @@ class BlockWriter:
     collection time as its timestamp except the families cAdvisor writes without one.
     """
 
-    __slots__ = ("_lines", "_templates", "_timestamp")
+    __slots__ = ("_lines", "_prefixes", "_timestamp")
 
-    def __init__(self, timestamp_ms: int) -> None:
+    def __init__(self, timestamp_ms: int, prefixes: LinePrefixes | None = None) -> None:
         self._timestamp = f" {timestamp_ms}\n"
         self._lines: dict[str, list[str]] = {}
-        # (row, extra label names) -> the label text with a {} where each extra value goes:
-        # a row's labels are escaped and sorted once, not for each of its samples.
-        self._templates: dict[tuple[Row, tuple[str, ...]], str] = {}
-
-    def _template(self, row: Row, names: tuple[str, ...]) -> str:
-        key = (row, names)
-        template = self._templates.get(key)
-        if template is None:
-            pairs = [(name, _braces(value)) for name, value in row.labels]
-            pairs += [(name, "{}") for name in names]
-            template = ",".join(f'{name}="{value}"' for name, value in sorted(pairs))
-            self._templates[key] = template
-        return template
+        self._prefixes = prefixes if prefixes is not None else LinePrefixes()
 
     def add(self, family: str, row: Row, value: float | None, extras: Labels = ()) -> None:
         """Add one sample; `extras` are raw (unescaped) label pairs. None values are skipped,
         and so is a zero CPU usage, as cAdvisor omits it."""
         if value is None or (family == CPU_USAGE and value == 0):
             return
-        template = self._template(row, tuple(name for name, _ in extras))
-        # str.format fills the placeholders in template order, which is sorted label order.
-        ordered = [escape_label_value(v) for _, v in sorted(extras)]
-        label_text = template.format(*ordered) if extras else template
         ending = "\n" if family in UNTIMESTAMPED else self._timestamp
-        self._lines.setdefault(family, []).append(
-            f"{family}{{{label_text}}} {format_value(value)}{ending}"
-        )
+        label_text = self._prefixes.label_text(row, extras)
+        line = f"{family}{{{label_text}}} {format_value(value)}{ending}"
+        lines = self._lines.get(family)
+        if lines is None:
+            self._lines[family] = [line]
+        else:
+            lines.append(line)
 
     def block(self) -> Block:
         return {family: "".join(lines).encode() for family, lines in self._lines.items()}
-
-
-def _braces(value: str) -> str:
-    """A value placed in a str.format template as literal text."""
-    return value.replace("{", "{{").replace("}", "}}")

@@ -14,7 +14,7 @@ and one row per app container. For a Kata pod kata-pulse emits the same shapes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pulse.expo.text import escape_label_value
 from pulse.model import ContainerInfo, ContainerStats, PodMeta
@@ -27,8 +27,10 @@ FALLBACK_SANDBOX_IMAGE = "kata-sandbox"
 RUNNING_STATES = frozenset({"CONTAINER_RUNNING", ""})
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(NamedTuple):
+    """One row's identity. A tuple, not a dataclass: rows key the per-sandbox memo of line
+    starts, looked up for every sample, and tuples hash and compare in C."""
+
     container: str
     id: str
     image: str

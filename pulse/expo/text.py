@@ -7,12 +7,14 @@ keeps golden files stable and the output indistinguishable from kubelet's.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 # A Block: one sandbox's sample lines per family (each line ends with "\n").
 Block = Mapping[str, bytes]
 
 _INTEGER_DIGITS_LIMIT = 1e6  # Go's shortest %g switches to e-notation at exponent 6
+_EXACT_INTEGER_LIMIT = 1e15
 
 
 def format_value(value: float) -> str:
@@ -23,11 +25,19 @@ def format_value(value: float) -> str:
     least: 1.24928e+06, 2.4e-05, 57736.472, 20480.
     """
     value = float(value)  # an int is a valid argument, but lacks is_integer() on Python 3.11
-    if value == 0:
-        return "0"  # also -0, as expfmt does
-    if value.is_integer() and -_INTEGER_DIGITS_LIMIT < value < _INTEGER_DIGITS_LIMIT:
-        return str(int(value))
-    if 1e-4 <= abs(value) < _INTEGER_DIGITS_LIMIT:
+    # The common cases first, with as few calls as possible: this runs for every sample the
+    # agent renders. is_integer() is False for NaN and the infinities.
+    if value.is_integer():
+        if -_INTEGER_DIGITS_LIMIT < value < _INTEGER_DIGITS_LIMIT:
+            return str(int(value))  # also "0" for -0, as expfmt does
+        if -_EXACT_INTEGER_LIMIT < value < _EXACT_INTEGER_LIMIT:
+            # Byte counts and the like: below 1e15 an integral float's decimal digits are
+            # exactly its shortest round-trip digits, so no repr needs taking apart.
+            whole = str(int(value)).lstrip("-")
+            digits = whole.rstrip("0")
+            mantissa = f"{digits[0]}.{digits[1:]}" if len(digits) > 1 else digits
+            return f"{'-' if value < 0 else ''}{mantissa}e+{len(whole) - 1:02d}"
+    elif 1e-4 <= value < _INTEGER_DIGITS_LIMIT or -_INTEGER_DIGITS_LIMIT < value <= -1e-4:
         return repr(value)  # Python's repr is Go's shortest %g in this range
     if math.isnan(value):
         return "NaN"
@@ -93,10 +103,24 @@ def assemble(headers: Mapping[str, bytes], blocks: Sequence[Block]) -> bytes:
     Only joins pre-rendered bytes: the blocks are rendered once per collection and assembled
     for every request.
     """
+    # One piece, which join returns as it is: no second copy.
+    return b"".join(assemble_pieces(headers, blocks, sys.maxsize))
+
+
+def assemble_pieces(
+    headers: Mapping[str, bytes], blocks: Sequence[Block], piece_size: int
+) -> Iterator[bytes]:
+    """`assemble`'s exposition as consecutive pieces of about `piece_size` bytes (a block's lines
+    of a family are never split), made one at a time.
+
+    For callers on an event loop: at hundreds of sandboxes a whole body is megabytes of joins,
+    and they yield to others between pieces.
+    """
     names: set[str] = set()
     for block in blocks:
         names.update(block)
     parts: list[bytes] = []
+    size = 0
     for name in sorted(names):
         chunks = [chunk for block in blocks if (chunk := block.get(name))]
         if not chunks:
@@ -104,5 +128,18 @@ def assemble(headers: Mapping[str, bytes], blocks: Sequence[Block]) -> bytes:
         family_header = headers.get(name)
         if family_header is not None:
             parts.append(family_header)
-        parts.extend(chunks)
-    return b"".join(parts)
+            size += len(family_header)
+        family_size = sum(map(len, chunks))
+        if size + family_size < piece_size:
+            parts.extend(chunks)  # the common case, without a Python step per chunk
+            size += family_size
+            continue
+        for chunk in chunks:
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= piece_size:
+                yield b"".join(parts)
+                parts.clear()
+                size = 0
+    if parts:
+        yield b"".join(parts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from quart import Response, request
@@ -12,10 +13,10 @@ from pulse import __version__
 from pulse.config import Config
 from pulse.ids import is_sandbox_id
 from pulse.katamon import parse_filter_family
-from pulse.pipeline import assemble_cadvisor, assemble_kata
-from pulse.selfmetrics import WebCounters, render_agent
+from pulse.pipeline import cadvisor_pieces, kata_pieces
+from pulse.selfmetrics import WebCounters, render_agent_state, render_web
 from pulse.snapshot import Reader, SandboxView, Snapshot
-from pulse.web.metrics_cache import Assembled, AssemblyCache
+from pulse.web.metrics_cache import Assembled, AssemblyCache, Body
 from pulse.web.stream import (
     dashboard_page,
     prefers_html,
@@ -41,13 +42,21 @@ ENDPOINTS = (
 class WebState:
     """State the web app owns: its request counters and its assembly memo."""
 
-    def __init__(self) -> None:
+    def __init__(self, assembly: AssemblyCache | None = None) -> None:
         self.requests: dict[tuple[str, int], int] = {}
         self.websocket_clients = 0
-        self.assembly = AssemblyCache()
+        self.assembly = assembly if assembly is not None else AssemblyCache()
+        self._state_tail: tuple[int, bytes] = (-1, b"")
 
     def counters(self) -> WebCounters:
         return WebCounters(dict(self.requests), self.websocket_clients)
+
+    def agent_tail(self, snapshot: Snapshot) -> bytes:
+        """The agent-wide kata_pulse_* lines. The snapshot's part is rendered once per snapshot
+        (it loops over every sandbox), only the request counters for every response."""
+        if self._state_tail[0] != snapshot.version:
+            self._state_tail = (snapshot.version, render_agent_state(snapshot))
+        return self._state_tail[1] + render_web(self.counters())
 
 
 def _text(body: str, status: int = 200) -> Response:
@@ -66,10 +75,18 @@ async def _metrics_response(assembled: Assembled, tail: bytes = b"") -> Response
     headers = {"Vary": "Accept-Encoding"}
     if _accepts_gzip():
         headers["Content-Encoding"] = "gzip"
-        body = await assembled.gzipped(tail)
+        pieces = await assembled.gzipped(tail)
     else:
-        body = assembled.plain(tail)
-    return Response(body, 200, content_type=PROMETHEUS_TEXT, headers=headers)
+        pieces = assembled.plain(tail)
+    # Sent as its pieces: joining the body and the tail would copy megabytes per response.
+    headers["Content-Length"] = str(sum(map(len, pieces)))
+    return Response(_stream(pieces), 200, content_type=PROMETHEUS_TEXT, headers=headers)
+
+
+async def _stream(pieces: Body) -> AsyncIterator[bytes]:
+    # An async iterator: Quart runs a plain iterable's steps in worker threads.
+    for piece in pieces:
+        yield piece
 
 
 def _sandbox_query(snapshot: Snapshot) -> tuple[str | None, Response | None]:
@@ -126,6 +143,23 @@ def create_app(config: Config, board: Reader[Snapshot], web: WebState) -> QuartT
     app = QuartTrio("kata-pulse", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # no endpoint takes a body
 
+    # Bodies are refreshed in the background (pulse/web/metrics_cache.py), in a nursery that
+    # runs in the app's own: the one Quart-Trio opens in the ASGI lifespan task and exposes as
+    # `app.nursery` (quart_trio/asgi.py, TrioASGILifespan) before it runs the startup hooks. It
+    # lives exactly while the app serves, inside the server's task (Hypercorn's worker_serve),
+    # so cancelling the server cancels the builds, and it comes with the app however the app is
+    # served (the agent's server, the tests' servers) instead of every server having to open
+    # one around it. Quart's shutdown only puts a deadline (BACKGROUND_TASK_SHUTDOWN_TIMEOUT,
+    # 5 s) on that nursery, so after_serving cancels the builds at once: nothing outlives the
+    # app, and nothing holds its shutdown.
+    @app.before_serving
+    async def start_background_assembly() -> None:
+        await app.nursery.start(web.assembly.serve)
+
+    @app.after_serving
+    async def stop_background_assembly() -> None:
+        web.assembly.stop()
+
     @app.after_request
     async def count_request(response: Response) -> Response:
         rule = request.url_rule
@@ -159,10 +193,13 @@ def create_app(config: Config, board: Reader[Snapshot], web: WebState) -> QuartT
         sandbox_id, error = _sandbox_query(snapshot)
         if error is not None:
             return error
-        assembled = web.assembly.get(
-            snapshot, ("cadvisor", sandbox_id), lambda s: assemble_cadvisor(s, sandbox_id)
+        assembled = await web.assembly.get(
+            snapshot,
+            ("cadvisor", sandbox_id),
+            lambda s: cadvisor_pieces(s, sandbox_id),
+            gzip=_accepts_gzip(),
         )
-        tail = render_agent(snapshot, web.counters()) if sandbox_id is None else b""
+        tail = web.agent_tail(snapshot) if sandbox_id is None else b""
         return await _metrics_response(assembled, tail)
 
     app.add_url_rule("/metrics", "metrics", cadvisor_metrics, methods=["GET"])
@@ -175,13 +212,13 @@ def create_app(config: Config, board: Reader[Snapshot], web: WebState) -> QuartT
         if error is not None:
             return error
         if sandbox_id is not None:
-            body = snapshot.sandboxes[sandbox_id].raw_body
-            if body is None:
+            kept = snapshot.sandboxes[sandbox_id].raw_body
+            if kept is None:
                 return _text(f"error: no fresh data for sandbox {sandbox_id}", 503)
-            return await _metrics_response(Assembled(body))
+            return await _metrics_response(Assembled(kept.raw()))
         prefixes = parse_filter_family(",".join(request.args.getlist("filter_family")))
-        assembled = web.assembly.get(
-            snapshot, ("kata", prefixes), lambda s: assemble_kata(s, prefixes)
+        assembled = await web.assembly.get(
+            snapshot, ("kata", prefixes), lambda s: kata_pieces(s, prefixes), gzip=_accepts_gzip()
         )
         return await _metrics_response(assembled)
 

@@ -1,69 +1,170 @@
-"""Assembled /metrics bodies, shared by concurrent scrapers and reused for up to a second.
+"""Assembled /metrics bodies, shared by concurrent scrapers and refreshed behind their backs.
 
 A body is assembled from the per-sandbox blocks the cache owner rendered at collection time, so
 a response costs joins, not rendering. At hundreds of sandboxes the snapshot changes many times
-a second (every collection publishes one), so a body is reused until it is MAX_AGE old even if
-newer snapshots exist: its data is up to a collection interval old anyway, and one more second
-bounds the work to one assembly and one compression per second, whatever the scrape load. Only
-values may lag: a sandbox coming or going, gaining or losing data, or being relabelled changes
-the snapshot's layout, and a body of another layout is never reused.
+a second (every collection publishes one), so a body is reused while newer snapshots come: its
+data is up to a collection interval old anyway. Per key (route and query):
 
-The gzip form is a compressor that has consumed the assembled part but was not flushed; each
-response copies it and compresses only the small agent-wide tail (whose request counters change
-with every request). Megabytes are compressed in slices with a checkpoint between them, so the
-event loop keeps serving while it runs (a worker thread would leave its allocations resident in
-that thread's malloc arena).
+- A body of the request's layout is served at once. Once it is MAX_AGE old and newer values
+  exist, the first request to notice starts one refresh in the background and, like every
+  request until the refresh swaps its body in, gets the body it found. If gzip was asked for
+  since the last swap, the refresh compresses its body before its swap. Whatever the scrape
+  load, a key costs about one build (and one compression) per MAX_AGE, and no request waits.
+- Values never lag by more than MAX_STALE: a body that old is not served, the request waits for
+  a fresh one. A lone scraper that comes back every 15 s gets fresh values, not those of its
+  previous scrape.
+- The layout never lags: a snapshot's layout changes when a sandbox comes or goes, gains or
+  loses data, or is relabelled; a body of an older layout is never served, requests wait for a
+  build of theirs (assembled only: a gzip request then compresses it, shared as before), and a
+  refresh of the older layout still in flight is cancelled.
+- One build per key at a time, shared by every request that waits: a key holds at most the body
+  being served and the one being built.
+
+Builds run in the cache's own nursery while `serve` runs (the web app starts it in its nursery,
+see create_app): a client that disconnects does not abort a build that others wait on, and
+shutdown cancels them. Without it (an app that is not serving yet) a request builds in its own
+task, and a body is never served past MAX_AGE.
+
+Everything runs on the event loop in steps with a checkpoint between them: a build's pieces
+(pipeline.ASSEMBLY_PIECE of joins each, then one join of the whole) and the compression
+(COMPRESS_SLICE at a time). A worker thread would leave its allocations resident in that
+thread's malloc arena.
+
+A response is sent as two pieces and never concatenated (that would copy megabytes per
+response): the body, and the small agent-wide tail (whose request counters change with every
+request). The gzip form is the compressed body and a compressor that has consumed it but was
+not flushed; each response copies it and compresses only the tail.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
+from pulse.logs import get_logger
 from pulse.snapshot import Snapshot
+
+log = get_logger("web.assembly")
 
 GZIP_LEVEL = 1  # Prometheus bodies compress about 5x even at level 1; latency matters more
 GZIP_WBITS = 31  # zlib's gzip container
-MAX_AGE = 1.0  # seconds an assembled body may lag behind the newest snapshot
-COMPRESS_SLICE = 512 * 1024  # about 3 ms of zlib at level 1: the longest the loop is held
+MAX_AGE = 1.0  # seconds a body is served without starting a refresh while newer values exist
+MAX_STALE = 5.0  # seconds a body may be served at all while newer values exist
+# How long one step of a build holds the event loop. Trio runs every runnable task once per
+# scheduling round, so a response is delayed by one step for each round it needs while a build
+# runs: small steps spread a build's cost thin (at 500 sandboxes, about 5 ms of joins and 60 ms
+# of zlib a second). Smaller steps cost nothing measurable in total time.
+COMPRESS_SLICE = 64 * 1024  # 0.3 to 0.7 ms of zlib at level 1
+
+Body = tuple[bytes, ...]  # a response body as its pieces, in order
+# Makes a key's body from a snapshot, piece by piece; empty pieces are allowed (checkpoints only).
+Build = Callable[[Snapshot], Iterable[bytes]]
+
+
+class AssemblyFailed(RuntimeError):
+    """The build a request waited for raised (its traceback was logged by the build)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _GzipHead:
+    compressed: bytes
+    compressor: zlib._Compress  # has consumed the body; never flushed, only copied
 
 
 @dataclass(slots=True, eq=False)
 class Assembled:
+    """One body, and the snapshot it was built from."""
+
     body: bytes
     version: int = 0
     layout: int = 0
     built_at: float = 0.0  # trio clock
-    _compressed_head: bytes = field(default=b"", repr=False)
-    _compressor: zlib._Compress | None = field(default=None, repr=False)
+    _gzip: _GzipHead | None = field(default=None, repr=False)
     _compressing: trio.Event | None = field(default=None, repr=False)
 
-    def plain(self, tail: bytes = b"") -> bytes:
-        return self.body + tail if tail else self.body
+    @property
+    def compressed(self) -> bool:
+        """Whether the gzip form is ready (a gzip response then costs only the tail)."""
+        return self._gzip is not None
 
-    async def gzipped(self, tail: bytes = b"") -> bytes:
-        if self._compressor is None:
-            if self._compressing is None:
-                self._compressing = trio.Event()
-                compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, GZIP_WBITS)
-                try:
-                    parts = []
-                    view = memoryview(self.body)
-                    for start in range(0, len(view), COMPRESS_SLICE):
-                        parts.append(compressor.compress(view[start : start + COMPRESS_SLICE]))
-                        await trio.lowlevel.checkpoint()  # others run between slices
-                    self._compressed_head, self._compressor = b"".join(parts), compressor
-                finally:
-                    compressing, self._compressing = self._compressing, None
-                    compressing.set()
-            else:
+    def plain(self, tail: bytes = b"") -> Body:
+        return (self.body, tail) if tail else (self.body,)
+
+    async def gzipped(self, tail: bytes = b"") -> Body:
+        gzip_head = await self._compress()
+        finisher = gzip_head.compressor.copy()
+        return gzip_head.compressed, finisher.compress(tail) + finisher.flush()
+
+    async def compress(self) -> None:
+        await self._compress()
+
+    async def _compress(self) -> _GzipHead:
+        # Made once and shared: concurrent callers wait for the one in progress, and if its
+        # caller is cancelled, the next one starts over.
+        while self._gzip is None:
+            if self._compressing is not None:
                 await self._compressing.wait()
-                return await self.gzipped(tail)
-        finisher = self._compressor.copy()
-        return self._compressed_head + finisher.compress(tail) + finisher.flush()
+                continue
+            self._compressing = trio.Event()
+            try:
+                self._gzip = await _compress(self.body)
+            finally:
+                compressing, self._compressing = self._compressing, None
+                compressing.set()
+        return self._gzip
+
+
+async def _compress(body: bytes) -> _GzipHead:
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, GZIP_WBITS)
+    compressed: list[bytes] = []
+    view = memoryview(body)
+    for start in range(0, len(view), COMPRESS_SLICE):
+        if output := compressor.compress(view[start : start + COMPRESS_SLICE]):
+            compressed.append(output)
+        await trio.lowlevel.checkpoint()
+    return _GzipHead(b"".join(compressed), compressor)
+
+
+async def _assemble(pieces: Iterable[bytes]) -> bytes:
+    collected: list[bytes] = []
+    for piece in pieces:  # each piece is made while the loop is ours
+        if piece:
+            collected.append(piece)
+        await trio.lowlevel.checkpoint()
+    # Kept and sent as one piece: every piece of a response is a send of its own, and every
+    # send a point where the response can be kept waiting by other work (measured at 500
+    # sandboxes: 12 pieces a response cost a tenth of the plain throughput). The join is the
+    # one step of a build that copies the whole body, about a millisecond per 10 MB.
+    return b"".join(collected)
+
+
+@dataclass(slots=True, eq=False)
+class _Build:
+    """A build in flight: what it builds, and how waiters learn that it ended."""
+
+    version: int
+    layout: int
+    done: trio.Event = field(default_factory=trio.Event)
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    failed: bool = False
+
+    def serves(self, snapshot: Snapshot) -> bool:
+        """Whether its body will do for a request that took `snapshot`."""
+        return self.version >= snapshot.version or self.layout == snapshot.layout
+
+
+@dataclass(slots=True, eq=False)
+class _Slot:
+    current: Assembled | None = None
+    building: _Build | None = None
+    # Whether gzip was asked for since the last swap: the next refresh compresses before its
+    # swap. Not once and for all: refreshes would compress for nobody once only plain
+    # scrapers are left (at 500 sandboxes, 60 ms of zlib a second that every response shares).
+    gzip_asked: bool = False
 
 
 class AssemblyCache:
@@ -71,31 +172,145 @@ class AssemblyCache:
 
     MAX_ENTRIES = 64  # bounds the memo when many distinct ?sandbox= queries arrive
 
-    def __init__(self) -> None:
-        self._memo: dict[Hashable, Assembled] = {}
+    def __init__(self, *, max_age: float = MAX_AGE, max_stale: float = MAX_STALE) -> None:
+        if not 0 <= max_age <= max_stale:
+            raise ValueError(f"need 0 <= max_age <= max_stale, got {max_age}, {max_stale}")
+        self._max_age = max_age
+        self._max_stale = max_stale
+        self._slots: dict[Hashable, _Slot] = {}
+        self._nursery: trio.Nursery | None = None
 
-    def get(
-        self, snapshot: Snapshot, key: Hashable, build: Callable[[Snapshot], bytes]
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run builds in the background until cancelled or `stop`ped."""
+        if self._nursery is not None:
+            raise RuntimeError("this assembly cache is already serving")
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                if self._nursery is nursery:
+                    self._nursery = None
+
+    def stop(self) -> None:
+        """Cancel the builds in flight; from now on requests build in their own task."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+            self._nursery = None
+
+    async def get(
+        self, snapshot: Snapshot, key: Hashable, build: Build, *, gzip: bool = False
     ) -> Assembled:
-        """The body for `key`: reused while fresh enough, else built now.
+        """The body for `key` to answer a request that took `snapshot` (compressed if `gzip`)."""
+        slot = self._slot(key)
+        slot.gzip_asked = slot.gzip_asked or gzip
+        while True:
+            current = slot.current
+            if current is not None and self._servable(current, snapshot):
+                if (
+                    slot.building is None
+                    and self._nursery is not None
+                    and self._due(current, snapshot)
+                ):
+                    self._start(self._nursery, key, slot, snapshot, build, refresh=True)
+                if gzip:
+                    await current.compress()
+                return current
+            in_flight = slot.building
+            if in_flight is not None and not in_flight.serves(snapshot):
+                # Its layout is already out of date: waiting would only delay the build of ours,
+                # and two builds would hold two bodies.
+                in_flight.cancel_scope.cancel()
+                await in_flight.done.wait()
+                continue
+            if in_flight is None:
+                if self._nursery is None:
+                    in_flight = slot.building = _Build(snapshot.version, snapshot.layout)
+                    await self._build(key, slot, in_flight, snapshot, build, refresh=False)
+                else:
+                    in_flight = self._start(
+                        self._nursery, key, slot, snapshot, build, refresh=False
+                    )
+            await in_flight.done.wait()
+            if in_flight.failed:
+                raise AssemblyFailed(f"assembling {key!r} failed")
 
-        Built on the event loop (a build is joins, or for /metrics/kata parsing): a build in a
-        worker thread would leave its allocations in that thread's malloc arena, which the
-        process keeps resident long after.
-        """
-        assembled = self._memo.get(key)
-        if assembled is not None and (
-            assembled.version == snapshot.version
-            or (
-                assembled.layout == snapshot.layout
-                and trio.current_time() - assembled.built_at < MAX_AGE
-            )
-        ):
-            return assembled
-        assembled = Assembled(
-            build(snapshot), snapshot.version, snapshot.layout, trio.current_time()
+    def _servable(self, assembled: Assembled, snapshot: Snapshot) -> bool:
+        if assembled.version >= snapshot.version:
+            return True
+        # Without background builds a body is refreshed by the request that finds it old.
+        limit = self._max_stale if self._nursery is not None else self._max_age
+        return (
+            assembled.layout == snapshot.layout and trio.current_time() - assembled.built_at < limit
         )
-        if len(self._memo) >= self.MAX_ENTRIES:
-            self._memo.clear()
-        self._memo[key] = assembled
-        return assembled
+
+    def _due(self, assembled: Assembled, snapshot: Snapshot) -> bool:
+        return (
+            assembled.version < snapshot.version
+            and trio.current_time() - assembled.built_at >= self._max_age
+        )
+
+    def _start(
+        self,
+        nursery: trio.Nursery,
+        key: Hashable,
+        slot: _Slot,
+        snapshot: Snapshot,
+        build: Build,
+        *,
+        refresh: bool,
+    ) -> _Build:
+        record = slot.building = _Build(snapshot.version, snapshot.layout)
+        nursery.start_soon(
+            partial(self._build, key, slot, record, snapshot, build, refresh=refresh),
+            name=f"assemble {key!r}",
+        )
+        return record
+
+    async def _build(
+        self,
+        key: Hashable,
+        slot: _Slot,
+        record: _Build,
+        snapshot: Snapshot,
+        build: Build,
+        *,
+        refresh: bool,
+    ) -> None:
+        try:
+            with record.cancel_scope:
+                body = await _assemble(build(snapshot))
+                assembled = Assembled(body, snapshot.version, snapshot.layout, trio.current_time())
+                # Requests keep getting the current body meanwhile, so a refresh swaps in a body
+                # ready for the encodings in use; a request that waits gets its body as soon as
+                # it is assembled, and its gzip form when a gzip request asks for it.
+                if refresh and slot.gzip_asked:
+                    await assembled.compress()
+                current = slot.current
+                # (Builds start only for snapshots newer than the body: kept as the invariant.)
+                if current is None or assembled.version > current.version:
+                    slot.current = assembled
+                    slot.gzip_asked = False
+        except Exception:
+            record.failed = True
+            log.error(
+                "assembling a metrics body failed",
+                key=key,
+                version=snapshot.version,
+                refresh=refresh,
+                exc_info=True,
+            )
+        finally:
+            if slot.building is record:
+                slot.building = None
+            record.done.set()
+
+    def _slot(self, key: Hashable) -> _Slot:
+        slot = self._slots.get(key)
+        if slot is None:
+            if len(self._slots) >= self.MAX_ENTRIES:
+                # Forget idle keys; a key with a build in flight has requests waiting on it.
+                self._slots = {k: s for k, s in self._slots.items() if s.building is not None}
+            slot = self._slots[key] = _Slot()
+        return slot

@@ -13,8 +13,9 @@ import pytest
 import trio
 import trio.testing
 
-from pulse.actors.cache import CacheOwner
+from pulse.actors.cache import PUBLISH_GAP, CacheOwner
 from pulse.config import Config
+from pulse.kept import KeptBody
 from pulse.model import (
     CacheMessage,
     CriSnapshot,
@@ -83,7 +84,7 @@ async def harness(config: Config) -> AsyncIterator[Harness]:
 
 def success(sandbox_id: str, generation: int, at: float) -> ScrapeSucceeded:
     body = SimulatedGuest(sandbox_id, Flavour.GO, seed=1).render(at)
-    return ScrapeSucceeded(sandbox_id, generation, at, 0.01, body, digest_body(body))
+    return ScrapeSucceeded(sandbox_id, generation, at, 0.01, KeptBody.of(body), digest_body(body))
 
 
 def failure(sandbox_id: str, generation: int, reason: ScrapeFailure) -> ScrapeFailed:
@@ -191,3 +192,27 @@ async def test_excluded_runtime_handlers_are_never_scraped(config: Config) -> No
         assert isinstance(command, StartCollecting) and command.sandbox_id == OTHER
         with pytest.raises(trio.WouldBlock):
             h.command()
+
+
+async def test_value_changes_are_published_at_most_every_gap_layout_changes_at_once(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    await harness.send(SandboxAppeared(SID, ROOT, RuntimeKind.GO))
+    await harness.send(SandboxAppeared(OTHER, ROOT, RuntimeKind.GO))
+    # Gaining data changes the layout: published at once, even right after another snapshot.
+    first = await harness.send(success(SID, 1, 1_800_000_000.0))
+    assert first.sandboxes[SID].has_data
+    published_at = trio.current_time()
+    # A new value within the gap waits; a second one joins it; no message is needed to flush.
+    await harness.inbox.send(success(SID, 1, 1_800_000_010.0))
+    await harness.inbox.send(success(SID, 1, 1_800_000_020.0))
+    await trio.sleep(PUBLISH_GAP / 10)
+    assert harness.board.current.version == first.version
+    later = await harness.board.wait_newer(first)
+    assert trio.current_time() - published_at == pytest.approx(PUBLISH_GAP)
+    assert later.version == first.version + 1
+    assert later.sandboxes[SID].last_success == 1_800_000_020.0
+    # The other sandbox gaining data is a layout change again: no wait.
+    sent_at = trio.current_time()
+    snapshot = await harness.send(success(OTHER, 2, 1_800_000_030.0))
+    assert snapshot.sandboxes[OTHER].has_data and trio.current_time() == sent_at

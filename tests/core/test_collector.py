@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
+import math
 import random
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from pulse.actors.collector import (
     JITTER,
     SOCKET_RETRY_FIRST,
     SOCKET_RETRY_MAX,
+    WHOLE_BODY_CHECK_EVERY,
     CollectorSettings,
     run_collector,
     run_supervisor,
@@ -28,16 +32,34 @@ from pulse.model import (
     SupervisorMessage,
 )
 from pulse.sim.bodies import Flavour, SimulatedGuest
-from pulse.sim.shim import SimulatedShim
+from pulse.sim.shim import Behaviour, SimulatedShim
 
 SID = "3" * 64
 SETTINGS = CollectorSettings(interval=60.0, timeout=3.0, max_body=1 << 24)
 
 
-def _shim(directory: Path) -> SimulatedShim:
+def _shim(directory: Path, suffix: bytes = b"") -> SimulatedShim:
     guest = SimulatedGuest(SID, Flavour.GO, seed=3)
     directory.mkdir(parents=True, exist_ok=True)
-    return SimulatedShim(directory / "shim-monitor.sock", lambda: guest.render(1.8e9))
+    return SimulatedShim(directory / "shim-monitor.sock", lambda: guest.render(1.8e9) + suffix)
+
+
+async def _collections(
+    shim: SimulatedShim, settings: CollectorSettings, count: int
+) -> list[tuple[float, ScrapeSucceeded]]:
+    send, inbox = trio.open_memory_channel[CacheMessage](10)
+    results: list[tuple[float, ScrapeSucceeded]] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(shim.serve)
+        nursery.start_soon(
+            run_collector, SID, 1, shim.socket_path, settings, send, random.Random(2)
+        )
+        for _ in range(count):
+            message = await inbox.receive()
+            assert isinstance(message, ScrapeSucceeded)
+            results.append((trio.current_time(), message))
+        nursery.cancel_scope.cancel()
+    return results
 
 
 async def test_first_collection_at_once_then_every_interval_with_jitter(
@@ -109,4 +131,115 @@ async def test_supervisor_cancels_collectors_it_is_told_to_stop(
         with pytest.raises(trio.WouldBlock):
             inbox.receive_nowait()
         assert shim.requests == 2
+        # Each collector's connection went with it.
+        assert (shim.connections, shim.open_connections) == (2, 0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_whole_body_is_checked_at_the_second_collection_then_once_a_minute(
+    sim_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    settings = CollectorSettings(interval=10.0, timeout=3.0, max_body=1 << 24)
+    results = await _collections(_shim(sim_dir / SID), settings, 20)
+    whole = [message.digest.whole for _, message in results]
+    assert whole[:2] == [False, True]  # found sandboxes show up sooner; checked one cycle on
+    checks = [at for at, message in results if message.digest.whole]
+    assert len(checks) >= 3 and whole.count(False) >= 14
+    for earlier, later in itertools.pairwise(checks):
+        assert later - earlier >= WHOLE_BODY_CHECK_EVERY
+        assert later - earlier <= WHOLE_BODY_CHECK_EVERY + settings.interval * (1 + JITTER)
+    # Either way the conversion gets the same figures.
+    partial = next(message for _, message in results if not message.digest.whole)
+    assert partial.digest.guest == results[1][1].digest.guest
+    assert all(message.digest.malformed_lines == 0 for _, message in results)
+
+
+async def test_a_body_with_malformed_lines_is_checked_whole_at_every_collection(
+    sim_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    settings = CollectorSettings(interval=10.0, timeout=3.0, max_body=1 << 24)
+    broken = b"go_goroutines{this is not a sample\n"
+    results = await _collections(_shim(sim_dir / SID, broken), settings, 8)
+    assert [message.digest.whole for _, message in results] == [False] + [True] * 7
+    assert all(message.digest.malformed_lines == 1 for _, message in results[1:])
+    assert results[1][1].digest.first_error is not None
+
+
+async def test_collections_share_one_connection_closed_when_the_collector_stops(
+    sim_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    shim = _shim(sim_dir / SID)
+    settings = CollectorSettings(interval=10.0, timeout=3.0, max_body=1 << 24)
+    send, inbox = trio.open_memory_channel[CacheMessage](10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(shim.serve)
+        collector_scope = trio.CancelScope()
+
+        async def collector() -> None:
+            with collector_scope:
+                await run_collector(SID, 1, shim.socket_path, settings, send, random.Random(2))
+
+        nursery.start_soon(collector)
+        for _ in range(5):
+            assert isinstance(await inbox.receive(), ScrapeSucceeded)
+        assert (shim.connections, shim.requests, shim.open_connections) == (1, 5, 1)
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always", ResourceWarning)
+            collector_scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            gc.collect()
+        assert shim.open_connections == 0  # the shim saw the collector's close
+        # Closed by the collector itself, not left for the garbage collector to find.
+        assert not [w for w in warned if issubclass(w.category, ResourceWarning)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_timed_out_collection_drops_its_connection_and_the_next_reconnects(
+    sim_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    shim = _shim(sim_dir / SID)
+    shim.behaviour = Behaviour.HANG
+    send, inbox = trio.open_memory_channel[CacheMessage](10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(shim.serve)
+        nursery.start_soon(
+            run_collector, SID, 1, shim.socket_path, SETTINGS, send, random.Random(2)
+        )
+        timed_out = await inbox.receive()
+        assert isinstance(timed_out, ScrapeFailed)
+        assert timed_out.reason is ScrapeFailure.TIMEOUT
+        shim.behaviour = Behaviour.HEALTHY
+        assert isinstance(await inbox.receive(), ScrapeSucceeded)
+        assert (shim.connections, shim.requests) == (2, 2)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_shim_restarted_between_collections_is_reached_on_a_new_connection(
+    sim_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The old shim's close ends the kept connection; the restart is not a failed scrape."""
+    first, second = _shim(sim_dir / SID), _shim(sim_dir / SID)
+    send, inbox = trio.open_memory_channel[CacheMessage](10)
+    async with trio.open_nursery() as nursery:
+        first_scope = trio.CancelScope()
+
+        async def serve_first(task_status: trio.TaskStatus[None]) -> None:
+            with first_scope:
+                await first.serve(task_status=task_status)
+
+        await nursery.start(serve_first)
+        nursery.start_soon(
+            run_collector, SID, 1, first.socket_path, SETTINGS, send, random.Random(2)
+        )
+        assert isinstance(await inbox.receive(), ScrapeSucceeded)
+        first_scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()  # the first shim and its socket are gone
+        assert first.open_connections == 0 and not first.socket_path.exists()
+        # The shim binds its socket in a thread, during which time must not jump ahead.
+        autojump_clock.autojump_threshold = math.inf
+        await nursery.start(second.serve)
+        autojump_clock.autojump_threshold = 0
+        message = await inbox.receive()
+        assert isinstance(message, ScrapeSucceeded), message
+        assert (first.requests, second.requests, second.connections) == (1, 1, 1)
         nursery.cancel_scope.cancel()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import resource
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from pulse.cli import main
+from pulse.cli import OPEN_FILES_WHEN_UNLIMITED, main
 from pulse.config import DEFAULT_SANDBOX_DIRS, OPTIONS, Config, ConfigError, config_from_argv
 
 
@@ -117,3 +119,22 @@ def test_help_lists_every_option_with_its_variable_and_default() -> None:
             assert f"[env {option.env}]" in text
         if option.default is not None:
             assert f"(default: {option.default})" in text
+
+
+def test_the_open_files_soft_limit_is_raised_to_the_hard_limit() -> None:
+    # In a child process: the limit is per process and the test run's must stay as it is.
+    script = (
+        "import resource\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
+        "import json\n"
+        "from pulse.cli import raise_open_files_limit\n"
+        "result = raise_open_files_limit()\n"
+        "print(json.dumps([result, resource.getrlimit(resource.RLIMIT_NOFILE), hard]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], check=True, capture_output=True, text=True
+    ).stdout
+    (before, now), (soft, hard), original_hard = json.loads(out)
+    assert before == 64 and now == soft and hard == original_hard
+    assert soft == (hard if hard != resource.RLIM_INFINITY else OPEN_FILES_WHEN_UNLIMITED)

@@ -1,46 +1,395 @@
-"""Reuse of assembled /metrics bodies: values may lag a second, the layout never."""
+"""Assembled /metrics bodies: served at once while refreshed behind the requests' backs, values
+lagging at most MAX_STALE, the layout never; one build per key at a time; nothing outlives the
+cache's nursery."""
 
 from __future__ import annotations
 
 import gzip
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
+import pytest
 import trio
 import trio.testing
 
 from pulse.snapshot import AgentCounters, CriStatus, Snapshot
-from pulse.web.metrics_cache import MAX_AGE, AssemblyCache
+from pulse.web.metrics_cache import (
+    COMPRESS_SLICE,
+    MAX_AGE,
+    MAX_STALE,
+    Assembled,
+    AssemblyCache,
+    AssemblyFailed,
+)
 
 
 def _snapshot(version: int, layout: int) -> Snapshot:
     return Snapshot(version, 0.0, True, {}, CriStatus("x"), AgentCounters(), layout=layout)
 
 
-async def test_values_may_lag_up_to_max_age_but_layout_changes_rebuild(
+def _text(assembled: Assembled) -> bytes:
+    return assembled.body
+
+
+class Builds:
+    """A build function that records what it built, and how many builds ran at once.
+
+    Each body is `pieces` pieces (a scheduling round each) naming the snapshot it came from.
+    """
+
+    def __init__(self, pieces: int = 3, piece_bytes: int = 0, fail: frozenset[int] = frozenset()):
+        self.pieces = pieces
+        self.piece_bytes = piece_bytes
+        self.fail = fail
+        self.started: list[int] = []
+        self.finished: list[int] = []
+        self.running = 0
+        self.most_running = 0
+
+    @staticmethod
+    def body(version: int, layout: int, pieces: int = 3, piece_bytes: int = 0) -> bytes:
+        return b"".join(Builds._piece(version, layout, i, piece_bytes) for i in range(pieces))
+
+    @staticmethod
+    def _piece(version: int, layout: int, index: int, piece_bytes: int) -> bytes:
+        line = f'body_version{{layout="{layout}",piece="{index}"}} {version}\n'.encode()
+        return line * max(1, piece_bytes // len(line))
+
+    def __call__(self, snapshot: Snapshot) -> Iterator[bytes]:
+        self.started.append(snapshot.version)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            for index in range(self.pieces):
+                if snapshot.version in self.fail and index == 1:
+                    raise ValueError(f"cannot build version {snapshot.version}")
+                yield self._piece(snapshot.version, snapshot.layout, index, self.piece_bytes)
+            self.finished.append(snapshot.version)
+        finally:
+            self.running -= 1
+
+    def expected(self, version: int, layout: int) -> bytes:
+        return self.body(version, layout, self.pieces, self.piece_bytes)
+
+
+class AssemblyTasks(trio.abc.Instrument):
+    """Every build task (named "assemble ...") spawned, and those still alive."""
+
+    def __init__(self) -> None:
+        self.spawned: list[trio.lowlevel.Task] = []
+        self.alive: set[trio.lowlevel.Task] = set()
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        if task.name.startswith("assemble"):
+            self.spawned.append(task)
+            self.alive.add(task)
+
+    def task_exited(self, task: trio.lowlevel.Task) -> None:
+        self.alive.discard(task)
+
+
+@asynccontextmanager
+async def serving(cache: AssemblyCache) -> AsyncIterator[None]:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cache.serve)
+        yield
+        nursery.cancel_scope.cancel()
+
+
+async def _rounds(count: int) -> None:
+    for _ in range(count):
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_body_past_max_age_is_served_at_once_while_a_refresh_replaces_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     cache = AssemblyCache()
-    builds: list[int] = []
+    builds = Builds(pieces=10)
+    async with serving(cache):
+        first = await cache.get(_snapshot(1, 1), "k", builds)  # nothing yet: waits for it
+        assert _text(first) == builds.expected(1, 1)
+        await trio.sleep(MAX_AGE / 2)
+        # Newer values, same layout, within MAX_AGE: shared, and no refresh.
+        assert await cache.get(_snapshot(2, 1), "k", builds) is first
+        await trio.testing.wait_all_tasks_blocked()
+        assert builds.started == [1]
 
-    def build(snapshot: Snapshot) -> bytes:
-        builds.append(snapshot.version)
-        return f"v{snapshot.version}\n".encode()
+        await trio.sleep(MAX_AGE / 2)
+        # Past MAX_AGE: the body found, at once (its refresh has not even begun)...
+        assert await cache.get(_snapshot(3, 1), "k", builds) is first
+        assert builds.started == [1]
+        # ...and so for whoever comes while the refresh runs.
+        await _rounds(2)
+        assert builds.started == [1, 3] and builds.finished == [1]
+        assert await cache.get(_snapshot(4, 1), "k", builds) is first
+        await trio.testing.wait_all_tasks_blocked()
+        assert builds.finished == [1, 3]
+        refreshed = await cache.get(_snapshot(4, 1), "k", builds)
+        assert refreshed.version == 3
+        assert _text(refreshed) == builds.expected(3, 1)
+        # A refresh waits for MAX_AGE again, and never rebuilds the version it has.
+        await trio.sleep(MAX_AGE)
+        assert await cache.get(_snapshot(3, 1), "k", builds) is refreshed
+        await trio.testing.wait_all_tasks_blocked()
+        assert builds.started == [1, 3]
 
-    assert cache.get(_snapshot(1, 1), "k", build).body == b"v1\n"
-    # New values, same layout, within MAX_AGE: the assembled body is shared.
-    assert cache.get(_snapshot(2, 1), "k", build).body == b"v1\n"
-    # A sandbox came or went: rebuilt at once.
-    assert cache.get(_snapshot(3, 2), "k", build).body == b"v3\n"
+
+async def test_many_concurrent_requests_start_one_refresh(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cache = AssemblyCache()
+    builds = Builds(pieces=40)  # the refresh spans 40 scheduling rounds
+    seen: dict[int, list[int]] = {}
+
+    async def scraper(number: int) -> None:
+        for request in range(60):
+            version = 10 + number * 100 + request  # every request has newer values
+            assembled = await cache.get(_snapshot(version, 1), "k", builds)
+            seen.setdefault(number, []).append(assembled.version)
+            await trio.lowlevel.checkpoint()
+
+    async with serving(cache):
+        await cache.get(_snapshot(1, 1), "k", builds)
+        await trio.sleep(MAX_AGE)
+        async with trio.open_nursery() as nursery:
+            for number in range(20):
+                nursery.start_soon(scraper, number)
+        await trio.testing.wait_all_tasks_blocked()
+
+    assert builds.most_running == 1
+    assert len(builds.started) == 2, builds.started  # the first build and one refresh
+    refreshed = builds.started[1]
+    for versions in seen.values():
+        # The old body until the refresh swapped its body in, then that one, never back.
+        assert set(versions) <= {1, refreshed}
+        assert versions == sorted(versions)
+    assert any(1 in versions for versions in seen.values())
+    assert any(refreshed in versions for versions in seen.values())
+
+
+async def test_a_layout_change_waits_for_its_own_build_and_drops_the_old_refresh(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cache = AssemblyCache()
+    builds = Builds(pieces=20)
+    tasks = AssemblyTasks()
+    trio.lowlevel.add_instrument(tasks)
+    try:
+        async with serving(cache):
+            first = await cache.get(_snapshot(1, 1), "k", builds)
+            # A sandbox came: even within MAX_AGE the request waits for a body of its layout.
+            second = await cache.get(_snapshot(2, 2), "k", builds)
+            assert (second.version, second.layout) == (2, 2)
+            assert _text(second) == builds.expected(2, 2) != _text(first)
+
+            await trio.sleep(MAX_AGE)
+            assert await cache.get(_snapshot(3, 2), "k", builds) is second  # refresh starts
+            await _rounds(5)
+            assert builds.running == 1 and builds.started[-1] == 3  # mid-way
+            # The layout changes while that refresh of layout 2 runs.
+            third = await cache.get(_snapshot(4, 3), "k", builds)
+            assert (third.version, third.layout) == (4, 3)
+            assert _text(third) == builds.expected(4, 3)
+            await trio.testing.wait_all_tasks_blocked()
+            assert 3 not in builds.finished  # cancelled, not finished and swapped in
+            assert builds.most_running == 1  # never two bodies in the making
+            assert await cache.get(_snapshot(4, 3), "k", builds) is third
+            # A request that took its snapshot before the change gets the newer body.
+            assert await cache.get(_snapshot(3, 2), "k", builds) is third
+    finally:
+        trio.lowlevel.remove_instrument(tasks)
+    assert not tasks.alive
+
+
+async def test_values_never_lag_more_than_max_stale(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cache = AssemblyCache()
+    builds = Builds()
+    async with serving(cache):
+        await cache.get(_snapshot(1, 1), "k", builds)
+        await trio.sleep(MAX_STALE)
+        # A lone scraper coming back after a long pause: fresh values, not its last scrape's.
+        fresh = await cache.get(_snapshot(2, 1), "k", builds)
+        assert fresh.version == 2
+        assert builds.finished == [1, 2]
+        # An unchanged snapshot never needs another body, however old.
+        await trio.sleep(MAX_STALE * 10)
+        assert await cache.get(_snapshot(2, 1), "k", builds) is fresh
+
+
+async def test_gzip_after_a_refresh_is_the_refreshed_body_and_the_fresh_tail(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cache = AssemblyCache()
+    builds = Builds(pieces=3, piece_bytes=COMPRESS_SLICE + 1000)  # several compress slices
+    async with serving(cache):
+        first = await cache.get(_snapshot(1, 1), "zipped", builds, gzip=True)
+        assert gzip.decompress(b"".join(await first.gzipped(b"tail 1\n"))) == (
+            builds.expected(1, 1) + b"tail 1\n"
+        )
+        plain_only = await cache.get(_snapshot(1, 1), "plain", builds)
+        await trio.sleep(MAX_AGE)
+        assert await cache.get(_snapshot(2, 1), "zipped", builds, gzip=True) is first
+        assert await cache.get(_snapshot(2, 1), "plain", builds) is plain_only
+        await trio.testing.wait_all_tasks_blocked()
+
+        refreshed = await cache.get(_snapshot(3, 1), "zipped", builds)
+        assert refreshed.version == 2
+        # Compressed before the swap: gzip was asked for under this key since the last one...
+        assert refreshed.compressed
+        # ...and not under the other, whose refresh compressed nothing.
+        assert not (await cache.get(_snapshot(3, 1), "plain", builds)).compressed
+        for tail in (b"tail_a 1\n", b"tail_b 22\n"):
+            unzipped = gzip.decompress(b"".join(await refreshed.gzipped(tail)))
+            assert unzipped == builds.expected(2, 1) + tail == _text(refreshed) + tail
+
+        # Only plain scrapers left: the next refresh does not compress for nobody...
+        await trio.sleep(MAX_AGE)
+        assert await cache.get(_snapshot(4, 1), "zipped", builds) is refreshed
+        await trio.testing.wait_all_tasks_blocked()
+        plain_again = await cache.get(_snapshot(4, 1), "zipped", builds)
+        assert plain_again.version == 4 and not plain_again.compressed
+        # ...and a gzip scraper coming back gets its form made on demand, fresh tail and all.
+        unzipped = gzip.decompress(b"".join(await plain_again.gzipped(b"t 3\n")))
+        assert unzipped == builds.expected(4, 1) + b"t 3\n"
+
+
+async def test_stopping_cancels_the_refresh_in_flight_and_leaves_no_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cache = AssemblyCache()
+    builds = Builds(pieces=50)
+    tasks = AssemblyTasks()
+    trio.lowlevel.add_instrument(tasks)
+    try:
+        async with serving(cache):
+            first = await cache.get(_snapshot(1, 1), "k", builds)
+            await trio.sleep(MAX_AGE)
+            await cache.get(_snapshot(2, 1), "k", builds)
+            await _rounds(5)
+            assert builds.running == 1 and tasks.alive  # the refresh, mid-way
+            cache.stop()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not tasks.alive
+            assert builds.finished == [1]
+            # Nothing was swapped in; from now on a request builds in its own task.
+            assert await cache.get(_snapshot(1, 1), "k", builds) is first
+            rebuilt = await cache.get(_snapshot(2, 1), "k", builds)
+            assert rebuilt.version == 2
+            assert len(tasks.spawned) == 2  # the first build and the refresh
+    finally:
+        trio.lowlevel.remove_instrument(tasks)
+
+
+async def test_cancelling_the_serving_task_cancels_its_builds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cache = AssemblyCache()
+    builds = Builds(pieces=50)
+    tasks = AssemblyTasks()
+    trio.lowlevel.add_instrument(tasks)
+    try:
+        async with trio.open_nursery() as server:  # stands in for the web server's task
+            await server.start(cache.serve)
+            await cache.get(_snapshot(1, 1), "k", builds)
+            await trio.sleep(MAX_AGE)
+            await cache.get(_snapshot(2, 1), "k", builds)
+            await _rounds(5)
+            assert tasks.alive
+            server.cancel_scope.cancel()
+        assert not tasks.alive
+        assert builds.finished == [1]
+    finally:
+        trio.lowlevel.remove_instrument(tasks)
+    # The cache can serve again (the next time the app serves), and refreshes again.
+    async with serving(cache):
+        assert (await cache.get(_snapshot(3, 1), "k", builds)).version == 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert (await cache.get(_snapshot(3, 1), "k", builds)).version == 3
+
+
+async def test_without_background_builds_a_request_rebuilds_past_max_age(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cache = AssemblyCache()  # not serving: an app that does not run yet
+    builds = Builds()
+    first = await cache.get(_snapshot(1, 1), "k", builds)
+    assert await cache.get(_snapshot(2, 1), "k", builds) is first
+    assert (await cache.get(_snapshot(3, 2), "k", builds)).version == 3  # layout: at once
     await trio.sleep(MAX_AGE)
-    assert cache.get(_snapshot(4, 2), "k", build).body == b"v4\n"
-    assert builds == [1, 3, 4]
+    assert (await cache.get(_snapshot(4, 2), "k", builds)).version == 4
+    assert builds.started == [1, 3, 4]
     # Keys are separate bodies.
-    assert cache.get(_snapshot(4, 2), "other", build).body == b"v4\n"
+    assert _text(await cache.get(_snapshot(4, 2), "other", builds)) == builds.expected(4, 2)
+
+
+async def test_concurrent_requests_with_no_body_share_one_build(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    for serve in (True, False):
+        cache = AssemblyCache()
+        builds = Builds(pieces=10)
+        results: list[Assembled] = []
+
+        async def request(results: list[Assembled], cache: AssemblyCache, builds: Builds) -> None:
+            results.append(await cache.get(_snapshot(1, 1), "k", builds))
+
+        async with trio.open_nursery() as nursery:
+            if serve:
+                await nursery.start(cache.serve)
+            async with trio.open_nursery() as requests:
+                for _ in range(10):
+                    requests.start_soon(request, results, cache, builds)
+            nursery.cancel_scope.cancel()
+        assert builds.started == [1], serve
+        assert len(results) == 10 and all(r is results[0] for r in results), serve
+
+
+async def test_a_failed_build_fails_its_waiters_and_a_failed_refresh_keeps_the_body(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cache = AssemblyCache()
+    builds = Builds(fail=frozenset({1, 3}))
+    outcomes: list[str] = []
+
+    async def request() -> None:
+        try:
+            await cache.get(_snapshot(1, 1), "k", builds)
+            outcomes.append("body")
+        except AssemblyFailed:
+            outcomes.append("failed")
+
+    async with serving(cache):
+        async with trio.open_nursery() as requests:
+            for _ in range(3):
+                requests.start_soon(request)
+        assert outcomes == ["failed"] * 3
+        assert builds.started == [1]  # one build, its failure shared
+        good = await cache.get(_snapshot(2, 1), "k", builds)  # a later request tries again
+        await trio.sleep(MAX_AGE)
+        assert await cache.get(_snapshot(3, 1), "k", builds) is good
+        await trio.testing.wait_all_tasks_blocked()
+        assert builds.started == [1, 2, 3]
+        # The refresh of version 3 failed: the body stays, and the next one is tried.
+        assert await cache.get(_snapshot(4, 1), "k", builds) is good
+        await trio.testing.wait_all_tasks_blocked()
+        assert (await cache.get(_snapshot(4, 1), "k", builds)).version == 4
 
 
 async def test_gzip_form_is_the_body_plus_the_fresh_tail() -> None:
     cache = AssemblyCache()
     body = b"".join(b"metric_%d 1\n" % i for i in range(200_000))  # several compress slices
-    assembled = cache.get(_snapshot(1, 1), "k", lambda s: body)
+    assembled = await cache.get(_snapshot(1, 1), "k", lambda s: (body[:5], body[5:]))
     for tail in (b"tail_a 1\n", b"tail_b 2\n"):
-        assert gzip.decompress(await assembled.gzipped(tail)) == body + tail
-    assert assembled.plain(b"t\n") == body + b"t\n"
+        assert gzip.decompress(b"".join(await assembled.gzipped(tail))) == body + tail
+    assert assembled.body == body  # the pieces, joined
+    assert b"".join(assembled.plain(b"t\n")) == body + b"t\n"
+    empty = Assembled(b"")
+    assert gzip.decompress(b"".join(await empty.gzipped(b"t 1\n"))) == b"t 1\n"
+
+
+def test_max_age_beyond_max_stale_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_age"):
+        AssemblyCache(max_age=2.0, max_stale=1.0)
