@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,3 +61,29 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], *, every: float =
             if result is not None and result is not False:
                 return result
             await trio.sleep(every)
+
+
+class AssemblyTasks(trio.abc.Instrument):
+    """Every body-assembly task (named "assemble ...") spawned, and those still alive."""
+
+    def __init__(self) -> None:
+        self.spawned: list[trio.lowlevel.Task] = []
+        self.alive: set[trio.lowlevel.Task] = set()
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        if task.name.startswith("assemble"):
+            self.spawned.append(task)
+            self.alive.add(task)
+
+    def task_exited(self, task: trio.lowlevel.Task) -> None:
+        self.alive.discard(task)
+
+
+@contextmanager
+def watching_assembly_tasks() -> Iterator[AssemblyTasks]:
+    tasks = AssemblyTasks()
+    trio.lowlevel.add_instrument(tasks)
+    try:
+        yield tasks
+    finally:
+        trio.lowlevel.remove_instrument(tasks)

@@ -21,6 +21,7 @@ from pulse.web.metrics_cache import (
     AssemblyCache,
     AssemblyFailed,
 )
+from tests.helpers import watching_assembly_tasks
 
 
 def _snapshot(version: int, layout: int) -> Snapshot:
@@ -70,22 +71,6 @@ class Builds:
 
     def expected(self, version: int, layout: int) -> bytes:
         return self.body(version, layout, self.pieces, self.piece_bytes)
-
-
-class AssemblyTasks(trio.abc.Instrument):
-    """Every build task (named "assemble ...") spawned, and those still alive."""
-
-    def __init__(self) -> None:
-        self.spawned: list[trio.lowlevel.Task] = []
-        self.alive: set[trio.lowlevel.Task] = set()
-
-    def task_spawned(self, task: trio.lowlevel.Task) -> None:
-        if task.name.startswith("assemble"):
-            self.spawned.append(task)
-            self.alive.add(task)
-
-    def task_exited(self, task: trio.lowlevel.Task) -> None:
-        self.alive.discard(task)
 
 
 @asynccontextmanager
@@ -173,9 +158,7 @@ async def test_a_layout_change_waits_for_its_own_build_and_drops_the_old_refresh
 ) -> None:
     cache = AssemblyCache()
     builds = Builds(pieces=20)
-    tasks = AssemblyTasks()
-    trio.lowlevel.add_instrument(tasks)
-    try:
+    with watching_assembly_tasks() as tasks:
         async with serving(cache):
             first = await cache.get(_snapshot(1, 1), "k", builds)
             # A sandbox came: even within MAX_AGE the request waits for a body of its layout.
@@ -197,8 +180,6 @@ async def test_a_layout_change_waits_for_its_own_build_and_drops_the_old_refresh
             assert await cache.get(_snapshot(4, 3), "k", builds) is third
             # A request that took its snapshot before the change gets the newer body.
             assert await cache.get(_snapshot(3, 2), "k", builds) is third
-    finally:
-        trio.lowlevel.remove_instrument(tasks)
     assert not tasks.alive
 
 
@@ -261,9 +242,7 @@ async def test_stopping_cancels_the_refresh_in_flight_and_leaves_no_task(
 ) -> None:
     cache = AssemblyCache()
     builds = Builds(pieces=50)
-    tasks = AssemblyTasks()
-    trio.lowlevel.add_instrument(tasks)
-    try:
+    with watching_assembly_tasks() as tasks:
         async with serving(cache):
             first = await cache.get(_snapshot(1, 1), "k", builds)
             await trio.sleep(MAX_AGE)
@@ -279,8 +258,6 @@ async def test_stopping_cancels_the_refresh_in_flight_and_leaves_no_task(
             rebuilt = await cache.get(_snapshot(2, 1), "k", builds)
             assert rebuilt.version == 2
             assert len(tasks.spawned) == 2  # the first build and the refresh
-    finally:
-        trio.lowlevel.remove_instrument(tasks)
 
 
 async def test_cancelling_the_serving_task_cancels_its_builds(
@@ -288,9 +265,7 @@ async def test_cancelling_the_serving_task_cancels_its_builds(
 ) -> None:
     cache = AssemblyCache()
     builds = Builds(pieces=50)
-    tasks = AssemblyTasks()
-    trio.lowlevel.add_instrument(tasks)
-    try:
+    with watching_assembly_tasks() as tasks:
         async with trio.open_nursery() as server:  # stands in for the web server's task
             await server.start(cache.serve)
             await cache.get(_snapshot(1, 1), "k", builds)
@@ -301,8 +276,6 @@ async def test_cancelling_the_serving_task_cancels_its_builds(
             server.cancel_scope.cancel()
         assert not tasks.alive
         assert builds.finished == [1]
-    finally:
-        trio.lowlevel.remove_instrument(tasks)
     # The cache can serve again (the next time the app serves), and refreshes again.
     async with serving(cache):
         assert (await cache.get(_snapshot(3, 1), "k", builds)).version == 1

@@ -9,7 +9,7 @@ import itertools
 import os
 import resource
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,15 +98,8 @@ async def test_shim_closing_without_a_byte_is_a_connection_failure(tmp_path: Pat
         await stream.receive_some(4096)
         await stream.aclose()
 
-    sock = trio.socket.socket(trio.socket.AF_UNIX)
-    await sock.bind(str(tmp_path / "s.sock"))
-    sock.listen(1)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, close_at_once, [trio.SocketListener(sock)])
-        with pytest.raises(ShimError) as caught:
-            await fetch(tmp_path / "s.sock", "/metrics", max_body=1024)
-        assert caught.value.reason is ScrapeFailure.CONNECT
-        nursery.cancel_scope.cancel()
+    failure = await _fetch_failure(tmp_path / "s.sock", close_at_once)
+    assert failure.reason is ScrapeFailure.CONNECT
 
 
 async def test_deep_sandbox_roots_beyond_the_unix_socket_path_limit(tmp_path: Path) -> None:
@@ -153,6 +146,31 @@ async def test_symlinked_sandbox_directory_or_socket_is_not_followed(
 # --- exact byte sequences from a raw server ---------------------------------------------------
 
 
+async def _fetch_failure(
+    path: Path, handler: Callable[[trio.SocketStream], Awaitable[None]]
+) -> ShimError:
+    """The ShimError of a fetch from a server that runs `handler` on its one connection."""
+    listener = trio.socket.socket(trio.socket.AF_UNIX)
+    await listener.bind(str(path))
+    listener.listen(1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, handler, [trio.SocketListener(listener)])
+        with pytest.raises(ShimError) as caught:
+            await fetch(path, "/metrics", max_body=1024)
+        nursery.cancel_scope.cancel()
+    return caught.value
+
+
+def _listening(path: Path, *, backlog: int) -> trio.socket.SocketType:
+    # Bound with the plain socket call: trio's bind runs in a thread, during which a mock clock
+    # sees every task blocked and jumps.
+    plain = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    plain.bind(str(path))
+    listener = trio.socket.from_stdlib_socket(plain)
+    listener.listen(backlog)
+    return listener
+
+
 class RawShim:
     """Answers one connection with exactly `pieces`, each reaching the client as its own read:
     after every piece the server waits until the client has consumed it and blocks again."""
@@ -164,14 +182,9 @@ class RawShim:
         self.request = b""
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        # Bound with the plain socket call: trio's bind runs in a thread, during which a mock
-        # clock sees every task blocked and jumps.
-        plain = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        plain.bind(str(self.path))
-        listener = trio.socket.from_stdlib_socket(plain)
+        listener = _listening(self.path, backlog=1)
         try:
             with listener:
-                listener.listen(1)
                 task_status.started()
                 connection, _ = await listener.accept()
             async with trio.SocketStream(connection) as stream:
@@ -469,16 +482,9 @@ async def test_a_reset_while_reading_is_a_connection_failure(tmp_path: Path) -> 
         await trio.lowlevel.wait_readable(stream.socket)  # the request is there, unread
         await stream.aclose()
 
-    listener = trio.socket.socket(trio.socket.AF_UNIX)
-    await listener.bind(str(tmp_path / "s.sock"))
-    listener.listen(1)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, reset, [trio.SocketListener(listener)])
-        with pytest.raises(ShimError) as caught:
-            await fetch(tmp_path / "s.sock", "/metrics", max_body=1024)
-        nursery.cancel_scope.cancel()
-    assert caught.value.reason is ScrapeFailure.CONNECT
-    assert "reading response" in caught.value.detail
+    failure = await _fetch_failure(tmp_path / "s.sock", reset)
+    assert failure.reason is ScrapeFailure.CONNECT
+    assert "reading response" in failure.detail
 
 
 # --- any body, any framing, any read split ----------------------------------------------------
@@ -557,12 +563,9 @@ class KeepAliveShim:
         self.unsolicited = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        plain = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        plain.bind(str(self.path))
-        listener = trio.socket.from_stdlib_socket(plain)
+        listener = _listening(self.path, backlog=8)
         try:
             with listener:
-                listener.listen(8)
                 task_status.started()
                 async with trio.open_nursery() as nursery:
                     while True:

@@ -23,7 +23,7 @@ from pulse.pipeline import (
 from pulse.snapshot import AgentCounters, Board, CriStatus, SandboxView, Snapshot
 from pulse.web.app import WebState, create_app
 from pulse.web.metrics_cache import AssemblyCache
-from tests.helpers import eventually
+from tests.helpers import eventually, watching_assembly_tasks
 
 from .support import agent_with_fleet, make_view, sandbox_id, serve_loopback
 
@@ -48,20 +48,6 @@ def _snapshot(version: int, layout: int, *views: SandboxView) -> Snapshot:
     )
 
 
-class AssemblyTasks(trio.abc.Instrument):
-    def __init__(self) -> None:
-        self.spawned: list[trio.lowlevel.Task] = []
-        self.alive: set[trio.lowlevel.Task] = set()
-
-    def task_spawned(self, task: trio.lowlevel.Task) -> None:
-        if task.name.startswith("assemble"):
-            self.spawned.append(task)
-            self.alive.add(task)
-
-    def task_exited(self, task: trio.lowlevel.Task) -> None:
-        self.alive.discard(task)
-
-
 @dataclass
 class Server:
     url: str
@@ -84,9 +70,7 @@ async def test_a_changed_value_is_served_late_once_and_refreshed_in_the_apps_nur
     # not have to wait for a second to pass.
     web = WebState(AssemblyCache(max_age=0.0))
     board = Board(_snapshot(1, 1, _view(1, 100)))
-    tasks = AssemblyTasks()
-    trio.lowlevel.add_instrument(tasks)
-    try:
+    with watching_assembly_tasks() as tasks:
         async with (
             served(board, web) as server,
             httpx.AsyncClient(base_url=server.url, timeout=10) as client,
@@ -121,8 +105,6 @@ async def test_a_changed_value_is_served_late_once_and_refreshed_in_the_apps_nur
             for task in tasks.spawned:
                 serving_task = task.parent_nursery.parent_task  # type: ignore[union-attr]
                 assert serving_task.parent_nursery is server.app_nursery
-    finally:
-        trio.lowlevel.remove_instrument(tasks)
     assert not tasks.alive
 
 
@@ -132,9 +114,7 @@ async def test_server_shutdown_leaves_no_build_behind() -> None:
     views = [_view(n, n).with_changes(own=_big_block(n)) for n in range(1, 200)]
     web = WebState(AssemblyCache(max_age=0.0))
     board = Board(_snapshot(1, 1, *views))
-    tasks = AssemblyTasks()
-    trio.lowlevel.add_instrument(tasks)
-    try:
+    with watching_assembly_tasks() as tasks:
         async with (
             served(board, web) as server,
             httpx.AsyncClient(base_url=server.url, timeout=10) as client,
@@ -147,8 +127,6 @@ async def test_server_shutdown_leaves_no_build_behind() -> None:
             stale = await client.get("/metrics", headers=GZIP)
             assert stale.text.startswith(assemble_cadvisor(first_snapshot).decode())
             assert len(tasks.spawned) == 2  # the first build, and the refresh
-    finally:
-        trio.lowlevel.remove_instrument(tasks)
     assert not tasks.alive
 
 
