@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
@@ -25,6 +26,7 @@ from pulse.web.stream import (
 )
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+TAIL_MAX_AGE = 1.0  # seconds the agent-wide tail is reused while the snapshot stays the same
 PLAIN_TEXT = "text/plain; charset=utf-8"
 
 ENDPOINTS = (
@@ -46,17 +48,26 @@ class WebState:
         self.requests: dict[tuple[str, int], int] = {}
         self.websocket_clients = 0
         self.assembly = assembly if assembly is not None else AssemblyCache()
-        self._state_tail: tuple[int, bytes] = (-1, b"")
+        self._tail: tuple[int, float, bytes] = (-1, 0.0, b"")
 
     def counters(self) -> WebCounters:
         return WebCounters(dict(self.requests), self.websocket_clients)
 
     def agent_tail(self, snapshot: Snapshot) -> bytes:
-        """The agent-wide kata_pulse_* lines. The snapshot's part is rendered once per snapshot
-        (it loops over every sandbox), only the request counters for every response."""
-        if self._state_tail[0] != snapshot.version:
-            self._state_tail = (snapshot.version, render_agent_state(snapshot))
-        return self._state_tail[1] + render_web(self.counters())
+        """The agent-wide kata_pulse_* lines, rendered once per snapshot and reused for up to
+        TAIL_MAX_AGE while the snapshot stays the same.
+
+        Under load hundreds of responses a second follow one snapshot: rendering the tail (it
+        loops over every sandbox) and compressing it after the body for each of them was most
+        of what a gzip response cost beyond sending it. The request counters in it lag by that
+        much, like every other value in the body.
+        """
+        version, built_at, tail = self._tail
+        now = trio.current_time()
+        if version != snapshot.version or now - built_at >= TAIL_MAX_AGE:
+            tail = render_agent_state(snapshot) + render_web(self.counters())
+            self._tail = (snapshot.version, now, tail)
+        return tail
 
 
 def _text(body: str, status: int = 200) -> Response:

@@ -88,6 +88,9 @@ class Assembled:
     built_at: float = 0.0  # trio clock
     _gzip: _GzipHead | None = field(default=None, repr=False)
     _compressing: trio.Event | None = field(default=None, repr=False)
+    # The last tail compressed after the body, and its compressed form: under load, responses
+    # that follow the same snapshot carry the same tail (see WebState.agent_tail).
+    _gzip_tail: tuple[bytes, bytes] = field(default=(b"", b""), repr=False)
 
     @property
     def compressed(self) -> bool:
@@ -99,9 +102,13 @@ class Assembled:
 
     async def gzipped(self, tail: bytes = b"") -> Body:
         gzip_head = await self._compress()
-        # zlib-ng's compressors have copy() like zlib's; its type stubs leave it out.
-        finisher: zlib_ng._Compress = gzip_head.compressor.copy()  # type: ignore[attr-defined]
-        return gzip_head.compressed, finisher.compress(tail) + finisher.flush()
+        last_tail, compressed_tail = self._gzip_tail
+        if not compressed_tail or tail != last_tail:
+            # zlib-ng's compressors have copy() like zlib's; its type stubs leave it out.
+            finisher: zlib_ng._Compress = gzip_head.compressor.copy()  # type: ignore[attr-defined]
+            compressed_tail = finisher.compress(tail) + finisher.flush()
+            self._gzip_tail = (tail, compressed_tail)
+        return gzip_head.compressed, compressed_tail
 
     async def compress(self) -> None:
         await self._compress()

@@ -366,3 +366,12 @@ async def test_gzip_form_is_the_body_plus_the_fresh_tail() -> None:
 def test_max_age_beyond_max_stale_is_refused() -> None:
     with pytest.raises(ValueError, match="max_age"):
         AssemblyCache(max_age=2.0, max_stale=1.0)
+
+
+async def test_gzip_tails_are_compressed_once_each_and_always_match_the_tail() -> None:
+    assembled = Assembled(b"".join(b"m %d\n" % i for i in range(5000)))
+    tails = [b"t 1\n", b"t 1\n", b"t 2\n", b"t 1\n"]
+    bodies = [await assembled.gzipped(tail) for tail in tails]
+    for tail, body in zip(tails, bodies, strict=True):
+        assert gzip.decompress(b"".join(body)) == assembled.body + tail
+    assert bodies[1][1] is bodies[0][1]  # the same tail again: not compressed again
