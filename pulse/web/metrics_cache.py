@@ -31,9 +31,9 @@ Everything runs on the event loop in steps with a checkpoint between them: a bui
 thread's malloc arena.
 
 A response is sent as two pieces and never concatenated (that would copy megabytes per
-response): the body, and the small agent-wide tail (whose request counters change with every
-request). The gzip form is the compressed body and a compressor that has consumed it but was
-not flushed; each response copies it and compresses only the tail.
+response): the body, and the small agent-wide tail (rendered per snapshot by the web app). The
+gzip form is the compressed body and a compressor that has consumed it but was not flushed; a
+new tail is compressed by a copy of it, once, and responses with the same tail share that.
 """
 
 from __future__ import annotations
