@@ -191,11 +191,3 @@ def kata_pieces(snapshot: Snapshot, family_prefixes: tuple[str, ...] = ()) -> It
             rendered.append(katamon.render_sandbox(parsed, Labels.of(view.sandbox_id, view.pod)))
             yield b""
     yield katamon.assemble_kata(rendered, family_prefixes)
-
-
-def assemble_cadvisor(snapshot: Snapshot, sandbox_id: str | None = None) -> bytes:
-    return b"".join(cadvisor_pieces(snapshot, sandbox_id))
-
-
-def assemble_kata(snapshot: Snapshot, family_prefixes: tuple[str, ...] = ()) -> bytes:
-    return b"".join(kata_pieces(snapshot, family_prefixes))

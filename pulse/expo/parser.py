@@ -221,12 +221,6 @@ class ParsedBody:
     def has_samples(self) -> bool:
         return any(family.chunks for family in self.families.values())
 
-    @property
-    def sample_count(self) -> int:
-        return sum(
-            chunk.count("\n") for family in self.families.values() for chunk in family.chunks
-        )
-
 
 _PLAIN_LABEL_VALUE = r'[^"\\\n]*+'
 

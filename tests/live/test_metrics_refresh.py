@@ -4,6 +4,7 @@ pipeline's bodies byte for byte."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -11,12 +12,13 @@ from dataclasses import dataclass
 import httpx
 import trio
 
+from pulse import katamon
 from pulse.config import Config
+from pulse.expo.parser import parse
 from pulse.expo.text import assemble, assemble_pieces
+from pulse.model import Labels
 from pulse.pipeline import (
     OUTPUT_HEADERS,
-    assemble_cadvisor,
-    assemble_kata,
     cadvisor_pieces,
     kata_pieces,
 )
@@ -65,6 +67,12 @@ async def served(board: Board[Snapshot], web: WebState) -> AsyncIterator[Server]
             nursery.cancel_scope.cancel()
 
 
+def _cadvisor_text(snapshot: Snapshot) -> bytes:
+    """What /metrics starts with, by the one-piece assembler (not the pieces under test)."""
+    views = snapshot.sandboxes.values()
+    return assemble(OUTPUT_HEADERS, [block for v in views for block in (v.cadvisor, v.own)])
+
+
 async def test_a_changed_value_is_served_late_once_and_refreshed_in_the_apps_nursery() -> None:
     # max_age=0: every request that finds newer values starts a refresh, so that the test does
     # not have to wait for a second to pass.
@@ -76,11 +84,11 @@ async def test_a_changed_value_is_served_late_once_and_refreshed_in_the_apps_nur
             httpx.AsyncClient(base_url=server.url, timeout=10) as client,
         ):
             first = await client.get("/metrics", headers=PLAIN)
-            assert first.text.startswith(assemble_cadvisor(board.current).decode())
+            assert first.text.startswith(_cadvisor_text(board.current).decode())
             assert int(first.headers["content-length"]) == len(first.content)
             zipped = await client.get("/metrics", headers=GZIP)
             assert zipped.headers["content-encoding"] == "gzip"
-            assert zipped.text.startswith(assemble_cadvisor(board.current).decode())
+            assert zipped.text.startswith(_cadvisor_text(board.current).decode())
             assert "kata_pulse_http_requests_total" in zipped.text  # the fresh tail, after it
 
             board.publish(_snapshot(2, 1, _view(1, 200)))  # new values, same layout
@@ -92,13 +100,13 @@ async def test_a_changed_value_is_served_late_once_and_refreshed_in_the_apps_nur
 
             await eventually(refreshed)
             plain = await client.get("/metrics", headers=PLAIN)
-            assert plain.text.startswith(assemble_cadvisor(board.current).decode())
+            assert plain.text.startswith(_cadvisor_text(board.current).decode())
 
             # A sandbox comes: the very next request shows it, whatever the bodies' age.
             board.publish(_snapshot(3, 2, _view(1, 200), _view(2, 300)))
             after = await client.get("/metrics", headers=GZIP)
             assert sandbox_id(2) in after.text
-            assert after.text.startswith(assemble_cadvisor(board.current).decode())
+            assert after.text.startswith(_cadvisor_text(board.current).decode())
 
             # Every build ran in the cache's nursery, itself in the app's.
             assert len(tasks.spawned) >= 3
@@ -121,11 +129,11 @@ async def test_server_shutdown_leaves_no_build_behind() -> None:
         ):
             first_snapshot = board.current
             first = await client.get("/metrics", headers=GZIP)
-            assert first.text.startswith(assemble_cadvisor(first_snapshot).decode())
+            assert first.text.startswith(_cadvisor_text(first_snapshot).decode())
             newer = [_view(n, n + 1000).with_changes(own=_big_block(n)) for n in range(1, 200)]
             board.publish(_snapshot(2, 1, *newer))
             stale = await client.get("/metrics", headers=GZIP)
-            assert stale.text.startswith(assemble_cadvisor(first_snapshot).decode())
+            assert stale.text.startswith(_cadvisor_text(first_snapshot).decode())
             assert len(tasks.spawned) == 2  # the first build, and the refresh
     assert not tasks.alive
 
@@ -149,10 +157,17 @@ async def test_the_apps_pieces_are_the_pipelines_bodies() -> None:
 
         snapshot = await eventually(probe)
     one = next(iter(snapshot.sandboxes))
-    assert b"".join(cadvisor_pieces(snapshot)) == assemble_cadvisor(snapshot)
-    assert b"".join(cadvisor_pieces(snapshot, one)) == assemble_cadvisor(snapshot, one)
+    assert b"".join(cadvisor_pieces(snapshot)) == _cadvisor_text(snapshot)
+    one_only = dataclasses.replace(snapshot, sandboxes={one: snapshot.sandboxes[one]})
+    assert b"".join(cadvisor_pieces(snapshot, one)) == _cadvisor_text(one_only)
+    rendered = [
+        katamon.render_sandbox(parse(view.raw_body.raw().decode()), Labels.of(sid, view.pod))
+        for sid, view in snapshot.sandboxes.items()
+        if view.raw_body is not None
+    ]
     for prefixes in ((), ("kata_guest",), ("kata_shim", "kata_hypervisor")):
-        assert b"".join(kata_pieces(snapshot, prefixes)) == assemble_kata(snapshot, prefixes)
+        expected = katamon.assemble_kata(rendered, prefixes)
+        assert b"".join(kata_pieces(snapshot, prefixes)) == expected
     # Small pieces: the same bytes, cut at line boundaries into pieces near the size asked.
     blocks = [block for view in snapshot.sandboxes.values() for block in (view.cadvisor, view.own)]
     whole = assemble(OUTPUT_HEADERS, blocks)
