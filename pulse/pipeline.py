@@ -176,18 +176,18 @@ def cadvisor_pieces(
 
 
 def kata_pieces(snapshot: Snapshot, family_prefixes: tuple[str, ...] = ()) -> Iterator[bytes]:
-    """kata-monitor compatible output, rendered from the kept raw bodies; an empty piece after
-    each sandbox marks a point to yield at (parsing 500 bodies in one go holds the loop for a
-    second), and the last piece is the whole output.
+    """kata-monitor compatible output from the kept bodies: an empty piece after each body is
+    parsed (a point to yield at: parsing 500 bodies in one go holds the loop for a second),
+    then the output in pieces of about a megabyte, each rendered only when it is taken.
 
-    Rendered on request (and reused by the web app) rather than per collection: kept
-    pre-rendered, every shim line with its four injected labels would cost several times the
-    memory of the kept bodies, for an endpoint that exists for compatibility.
+    Rendered on request rather than per collection: kept pre-rendered, every shim line with its
+    four injected labels would cost several times the memory of the kept bodies, for an
+    endpoint that exists for compatibility.
     """
-    rendered: list[katamon.KataBlock] = []
+    blocks: list[katamon.KataSource] = []
     for view in snapshot.sandboxes.values():
         if view.raw_body is not None:
             parsed = parse(decode(view.raw_body.raw()))
-            rendered.append(katamon.render_sandbox(parsed, Labels.of(view.sandbox_id, view.pod)))
+            blocks.append(katamon.LazyKataBlock(parsed, Labels.of(view.sandbox_id, view.pod)))
             yield b""
-    yield katamon.assemble_kata(rendered, family_prefixes)
+    yield from katamon.kata_pieces(blocks, family_prefixes)

@@ -8,8 +8,10 @@ import pytest
 
 from pulse.expo.parser import Sample, parse
 from pulse.katamon import (
+    LazyKataBlock,
     assemble_kata,
     emitted_name,
+    kata_pieces,
     parse_filter_family,
     render_sandbox,
 )
@@ -148,3 +150,21 @@ def test_unusual_lines_take_the_general_path_correctly(line: str) -> None:
     [before] = source.families["m"].samples
     [after] = output.families["m"].samples
     assert after == Sample("m", before.labels + injected(labels), before.value, before.timestamp_ms)
+
+
+@pytest.mark.parametrize("prefixes", [(), ("kata_guest_cpu", "kata_shim_go_")])
+def test_rendered_as_sent_in_bounded_pieces_it_is_the_same(prefixes: tuple[str, ...]) -> None:
+    bodies = {
+        sid * 64: parse((FIXTURES / f"{flavour}.1.prom").read_text())
+        for sid, flavour in (("b", "go"), ("a", "runtime-rs"), ("c", "go"))
+    }
+    eager = [render_sandbox(parsed, labels_for(sid)) for sid, parsed in bodies.items()]
+    lazy = [LazyKataBlock(parsed, labels_for(sid)) for sid, parsed in bodies.items()]
+    whole = assemble_kata(eager, prefixes)
+    assert whole
+    assert assemble_kata(lazy, prefixes) == whole
+    largest_family_share = max(len(lines) for block in eager for lines in block.block.values())
+    pieces = list(kata_pieces(lazy, prefixes, piece_size=4096))
+    assert b"".join(pieces) == whole
+    assert len(pieces) > 2
+    assert all(len(piece) < 4096 + largest_family_share + 4096 for piece in pieces)
