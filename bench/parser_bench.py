@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pulse.cadvisor import ConversionOptions, convert, extract_guest
 from pulse.expo.parser import parse
-from pulse.katamon import render_sandbox
+from pulse.katamon import KataBlock
 from pulse.model import ContainerInfo, ContainerStats, Labels, PodMeta
 from pulse.sim.bodies import Flavour, SimulatedGuest
 
@@ -80,7 +80,7 @@ def main() -> None:
     print(f"convert + render cAdvisor:    {conversion:.3f} ms")
     print(f"decode+parse+extract+convert: {best_of(args.repeat, 100, collection):.3f} ms")
     labels = Labels.of(guest.sandbox_id, pod)
-    kata = best_of(args.repeat, 50, lambda: render_sandbox(parsed, labels))
+    kata = best_of(args.repeat, 50, lambda: KataBlock(parsed, labels))
     print(f"katamon render (on request):  {kata:.3f} ms")
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "bench" / "RESULTS.md"
 DEFAULT_INTERVAL = 60.0  # the agent's default --metrics-interval-secs
+MEMORY_TARGET_MIB = 150e6 / 2**20  # the 150 MB, in the MiB the figures are given in
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 UP_LINE = re.compile(rb"^kata_pulse_sandbox_up\{[^}]*\} 1$", re.MULTILINE)
 SCRAPE_COUNT = re.compile(rb"^kata_pulse_scrape_duration_seconds_count (\d+)", re.MULTILINE)
@@ -633,7 +634,7 @@ def render(results: Results, host: dict[str, str]) -> str:
     for size in s.memory_sizes:
         m = rss_at[size]
         target = "≤ 150 MB" if size == n else "recorded"
-        ok = verdict(m["rss_mib"] <= 150 and m["hwm_mib"] <= 150) if size == n else "—"
+        ok = verdict(m["hwm_mib"] <= MEMORY_TARGET_MIB) if size == n else "—"
         rows.append(
             (
                 f"agent resident memory at N = {size} (median / peak)",
@@ -647,7 +648,7 @@ def render(results: Results, host: dict[str, str]) -> str:
             f"agent resident memory at N = {n} during the load phases (median / peak)",
             "≤ 150 MB",
             f"{main_mem['rss_mib']:.0f} / {main_mem['hwm_mib']:.0f} MiB",
-            verdict(main_mem["hwm_mib"] <= 150),
+            verdict(main_mem["hwm_mib"] <= MEMORY_TARGET_MIB),
         ),
         (
             "discovery latency → /sandboxes (p50 / p99)",

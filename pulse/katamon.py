@@ -12,12 +12,10 @@ for anything else, instead of re-encoding sample by sample.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Iterable, Iterator
 
 from pulse.expo.parser import Family, ParsedBody
-from pulse.expo.text import Block, escape_help, escape_label_value
+from pulse.expo.text import escape_help, escape_label_value
 from pulse.model import Labels
 
 _RENAMED_PREFIXES = ("go_", "process_")
@@ -47,38 +45,9 @@ _LABEL_SET_END = re.compile(
 _NO_LABEL_SET = re.compile(rf"^({_NAME})[ \t]++(?=[^ \t{{])", re.MULTILINE)
 
 
-class KataSource(Protocol):
-    """One sandbox's share of /metrics/kata, by emitted family name."""
-
-    @property
-    def sandbox_id(self) -> str: ...
-
-    @property
-    def types(self) -> Mapping[str, str]: ...
-
-    def header(self, name: str) -> bytes: ...
-
-    def lines(self, name: str) -> bytes | None: ...
-
-
-@dataclass(frozen=True, slots=True)
 class KataBlock:
-    """One sandbox's share of /metrics/kata, rendered: its families' headers, types and lines."""
-
-    sandbox_id: str
-    headers: Mapping[str, bytes]  # emitted family name -> b"# HELP ...\n# TYPE ...\n"
-    types: Mapping[str, str]
-    block: Block
-
-    def header(self, name: str) -> bytes:
-        return self.headers[name]
-
-    def lines(self, name: str) -> bytes | None:
-        return self.block.get(name)
-
-
-class LazyKataBlock:
-    """One sandbox's share of /metrics/kata whose lines are rendered when asked for.
+    """One sandbox's share of /metrics/kata, by emitted family name; lines are rendered only
+    when asked for.
 
     Rendered whole, the output is about 0.3 MB a sandbox (each line gains four labels): holding
     every sandbox's lines and then their join took the agent to 440 MiB at 500 sandboxes.
@@ -121,21 +90,6 @@ def identity_labels(labels: Labels) -> str:
             ("cri_namespace", labels.namespace),
         )
     )
-
-
-def render_sandbox(parsed: ParsedBody, labels: Labels) -> KataBlock:
-    injected = identity_labels(labels)
-    headers: dict[str, bytes] = {}
-    types: dict[str, str] = {}
-    block: dict[str, bytes] = {}
-    for family in parsed.families.values():
-        if not family.chunks:
-            continue
-        name = emitted_name(family.name)
-        headers[name] = _header(name, family)
-        types[name] = family.type
-        block[name] = _lines(name, family, injected)
-    return KataBlock(labels.sandbox_id, headers, types, block)
 
 
 def _header(name: str, family: Family) -> bytes:
@@ -182,13 +136,13 @@ def parse_filter_family(query_value: str | None) -> tuple[str, ...]:
     return tuple(prefix.strip() for prefix in query_value.split(",") if prefix.strip())
 
 
-def assemble_kata(blocks: Iterable[KataSource], filter_family: Iterable[str] = ()) -> bytes:
+def assemble_kata(blocks: Iterable[KataBlock], filter_family: Iterable[str] = ()) -> bytes:
     """The /metrics/kata body from the sandboxes' blocks, taken in sandbox id order."""
     return b"".join(kata_pieces(blocks, filter_family))
 
 
 def kata_pieces(
-    blocks: Iterable[KataSource], filter_family: Iterable[str] = (), piece_size: int = 1 << 20
+    blocks: Iterable[KataBlock], filter_family: Iterable[str] = (), piece_size: int = 1 << 20
 ) -> Iterator[bytes]:
     """The /metrics/kata body in pieces of about `piece_size` bytes, each rendered when taken.
 
@@ -199,7 +153,7 @@ def kata_pieces(
     """
     ordered = sorted(blocks, key=lambda kata_block: kata_block.sandbox_id)
     prefixes = tuple(filter_family)
-    chosen: dict[str, tuple[str, KataSource]] = {}  # name -> (type, the block its header is from)
+    chosen: dict[str, tuple[str, KataBlock]] = {}  # name -> (type, the block its header is from)
     for kata_block in ordered:
         for name, family_type in kata_block.types.items():
             if name not in chosen and (not prefixes or name.startswith(prefixes)):

@@ -26,7 +26,7 @@ from pulse.cadvisor import (
 from pulse.cadvisor import (
     HEADERS as CADVISOR_HEADERS,
 )
-from pulse.cadvisor.render import LinePrefixes
+from pulse.cadvisor.render import LabelTexts
 from pulse.config import Config
 from pulse.expo.parser import parse, parse_selected
 from pulse.expo.text import assemble_pieces
@@ -84,8 +84,8 @@ class SandboxRendering:
     state_before: ConversionState | None
     state_after: ConversionState
     live: LiveStats
-    # The sandbox's line starts, reused by its next collection while its identity holds.
-    prefixes: LinePrefixes = field(default_factory=LinePrefixes, compare=False, repr=False)
+    # The sandbox's label texts, reused by its next collection while its identity holds.
+    label_texts: LabelTexts = field(default_factory=LabelTexts, compare=False, repr=False)
 
     @property
     def cpu_unit(self) -> str | None:
@@ -114,9 +114,9 @@ class Renderer:
     ) -> SandboxRendering:
         """A new collection: convert it, advancing the sandbox's conversion state."""
         if previous is None:
-            return self._convert(sandbox_id, pod, digest, None, collected_at, LinePrefixes())
+            return self._convert(sandbox_id, pod, digest, None, collected_at, LabelTexts())
         return self._convert(
-            sandbox_id, pod, digest, previous.state_after, collected_at, previous.prefixes
+            sandbox_id, pod, digest, previous.state_after, collected_at, previous.label_texts
         )
 
     def rerender(
@@ -130,7 +130,7 @@ class Renderer:
         rows did: the old label texts are of no more use.
         """
         return self._convert(
-            view.sandbox_id, view.pod, digest, rendering.state_before, now, LinePrefixes()
+            view.sandbox_id, view.pod, digest, rendering.state_before, now, LabelTexts()
         )
 
     def _convert(
@@ -140,12 +140,13 @@ class Renderer:
         digest: BodyDigest,
         state_before: ConversionState | None,
         collected_at: float,
-        prefixes: LinePrefixes,
+        label_texts: LabelTexts,
     ) -> SandboxRendering:
         block, state_after = convert(
-            sandbox_id, digest.guest, pod, collected_at, state_before, self._options, prefixes
+            sandbox_id, digest.guest, pod, collected_at, state_before, self._options, label_texts
         )
-        return SandboxRendering(block, state_before, state_after, live_stats(state_after), prefixes)
+        live = live_stats(state_after)
+        return SandboxRendering(block, state_before, state_after, live, label_texts)
 
 
 def live_stats(state: ConversionState) -> LiveStats:
@@ -184,10 +185,10 @@ def kata_pieces(snapshot: Snapshot, family_prefixes: tuple[str, ...] = ()) -> It
     four injected labels would cost several times the memory of the kept bodies, for an
     endpoint that exists for compatibility.
     """
-    blocks: list[katamon.KataSource] = []
+    blocks: list[katamon.KataBlock] = []
     for view in snapshot.sandboxes.values():
         if view.raw_body is not None:
             parsed = parse(decode(view.raw_body.raw()))
-            blocks.append(katamon.LazyKataBlock(parsed, Labels.of(view.sandbox_id, view.pod)))
+            blocks.append(katamon.KataBlock(parsed, Labels.of(view.sandbox_id, view.pod)))
             yield b""
     yield from katamon.kata_pieces(blocks, family_prefixes)

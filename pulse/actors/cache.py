@@ -66,7 +66,6 @@ class _Entry:
     success_clock: float | None = None  # trio clock of the last good scrape, for staleness
     digest: BodyDigest | None = None
     rendering: SandboxRendering | None = None
-    failing: bool = False
 
 
 @dataclass(slots=True)
@@ -271,10 +270,9 @@ class CacheOwner:
             scrape_seconds=counters.scrape_seconds.observe(message.duration),
             parse_errors_total=counters.parse_errors_total + message.digest.malformed_lines,
         )
-        if entry.failing:
+        if message.sandbox_id in self._state.failing:
+            self._state.failing.discard(message.sandbox_id)
             log.info("sandbox scrapes recovered", sandbox_id=message.sandbox_id)
-        entry.failing = False
-        self._state.failing.discard(message.sandbox_id)
         if message.digest.malformed_lines:
             log.debug(
                 "malformed lines skipped",
@@ -321,7 +319,7 @@ class CacheOwner:
             scrape_failures=failures,
             scrape_seconds=counters.scrape_seconds.observe(message.duration),
         )
-        if not entry.failing:
+        if message.sandbox_id not in self._state.failing:
             # One line per transition into failure; the sandbox's state carries the rest.
             # No socket, or nobody listening on it, is a shim starting or stopping: routine,
             # and its state shows it. Should it last, the stale-data drop warns once.
@@ -332,7 +330,6 @@ class CacheOwner:
                 reason=message.reason,
                 error=message.detail,
             )
-        entry.failing = True
         self._state.failing.add(message.sandbox_id)
         fresh = entry.success_clock is not None and not self._is_stale(entry.success_clock)
         self._update(

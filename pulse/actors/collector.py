@@ -27,7 +27,7 @@ from pulse.model import (
     SupervisorMessage,
 )
 from pulse.pipeline import digest_body
-from pulse.shim_client import ShimConnection, ShimError, fetch
+from pulse.shim_client import ShimConnection, ShimError
 
 log = get_logger("collector")
 
@@ -58,25 +58,19 @@ class CollectorSettings:
 async def collect_once(
     sandbox_id: str,
     generation: int,
-    socket_path: Path,
+    connection: ShimConnection,
     settings: CollectorSettings,
     *,
     whole_body: bool = True,
-    connection: ShimConnection | None = None,
 ) -> ScrapeSucceeded | ScrapeFailed:
-    """Fetch and digest one shim body; the digest is parsed here, in the collector's task.
-
-    `whole_body=False` validates only the guest families (see digest_body). With a
-    `connection` (to `socket_path`) the request goes over it, kept open for the next call;
-    without one a connection is opened for this call alone."""
+    """Fetch and digest one shim body over the collector's connection; the digest is parsed
+    here, in the collector's task. `whole_body=False` validates only the guest families (see
+    digest_body)."""
     started = trio.current_time()
     body: bytes | None = None
     try:
         with trio.move_on_after(settings.timeout):
-            if connection is None:
-                body = await fetch(socket_path, METRICS_PATH, max_body=settings.max_body)
-            else:
-                body = await connection.get(METRICS_PATH, max_body=settings.max_body)
+            body = await connection.get(METRICS_PATH, max_body=settings.max_body)
     except ShimError as err:
         elapsed = trio.current_time() - started
         return ScrapeFailed(sandbox_id, generation, time.time(), elapsed, err.reason, err.detail)
@@ -119,12 +113,7 @@ async def run_collector(
         while True:
             whole_body = trio.current_time() >= next_whole_check
             result = await collect_once(
-                sandbox_id,
-                generation,
-                socket_path,
-                settings,
-                whole_body=whole_body,
-                connection=connection,
+                sandbox_id, generation, connection, settings, whole_body=whole_body
             )
             if isinstance(result, ScrapeSucceeded) and result.digest.whole:
                 clean = result.digest.malformed_lines == 0

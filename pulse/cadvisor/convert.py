@@ -25,7 +25,7 @@ from pulse.cadvisor.cpu import (
 )
 from pulse.cadvisor.guest import GuestSample
 from pulse.cadvisor.memory import MemoryFigures, PageFaults, memory_figures, page_faults
-from pulse.cadvisor.render import BlockWriter, LinePrefixes
+from pulse.cadvisor.render import BlockWriter, LabelTexts
 from pulse.cadvisor.rows import Row, container_rows, pod_row, sandbox_row, vm_row
 from pulse.cadvisor.tasks import threads
 from pulse.expo.text import Block
@@ -89,9 +89,9 @@ def convert(
     collected_at: float,
     state: ConversionState | None,
     options: ConversionOptions,
-    prefixes: LinePrefixes | None = None,
+    label_texts: LabelTexts | None = None,
 ) -> tuple[Block, ConversionState]:
-    """`prefixes`, the sandbox's memo of line starts, only saves work: the block is the same."""
+    """`label_texts`, the sandbox's memo of label texts, only saves work: the same block."""
     previous = state or ConversionState()
     cpu_unit, unit_probe = _cpu_unit(guest, collected_at, previous, options)
     unit_changed = (cpu_unit or ASSUMED_UNIT) != previous.effective_cpu_unit
@@ -102,7 +102,7 @@ def convert(
     devices = disk.device_figures(guest.diskstat, options.disk_exclude)
     thread_count = threads(guest.tasks)
 
-    writer = BlockWriter(spec.timestamp_ms(collected_at), prefixes)
+    writer = BlockWriter(spec.timestamp_ms(collected_at), label_texts)
     last_seen = spec.last_seen_seconds(collected_at)
     pod_start = spec.start_time_seconds(pod.created_at_ns) if pod is not None else None
     containers = container_rows(sandbox_id, pod)

@@ -9,7 +9,7 @@ from pulse.expo.text import Block, escape_label_value, format_value
 Labels = tuple[tuple[str, str], ...]
 
 
-class LinePrefixes:
+class LabelTexts:
     """The label text of each series a sandbox emits, kept across its collections.
 
     A sandbox writes the same hundred-odd series at every collection; only the values and the
@@ -49,12 +49,12 @@ class BlockWriter:
     collection time as its timestamp except the families cAdvisor writes without one.
     """
 
-    __slots__ = ("_lines", "_prefixes", "_timestamp")
+    __slots__ = ("_label_texts", "_lines", "_timestamp")
 
-    def __init__(self, timestamp_ms: int, prefixes: LinePrefixes | None = None) -> None:
+    def __init__(self, timestamp_ms: int, label_texts: LabelTexts | None = None) -> None:
         self._timestamp = f" {timestamp_ms}\n"
         self._lines: dict[str, list[str]] = {}
-        self._prefixes = prefixes if prefixes is not None else LinePrefixes()
+        self._label_texts = label_texts if label_texts is not None else LabelTexts()
 
     def add(self, family: str, row: Row, value: float | None, extras: Labels = ()) -> None:
         """Add one sample; `extras` are raw (unescaped) label pairs. None values are skipped,
@@ -62,7 +62,7 @@ class BlockWriter:
         if value is None or (family == CPU_USAGE and value == 0):
             return
         ending = "\n" if family in UNTIMESTAMPED else self._timestamp
-        label_text = self._prefixes.label_text(row, extras)
+        label_text = self._label_texts.label_text(row, extras)
         line = f"{family}{{{label_text}}} {format_value(value)}{ending}"
         lines = self._lines.get(family)
         if lines is None:

@@ -28,8 +28,8 @@ RUNNING_STATES = frozenset({"CONTAINER_RUNNING", ""})
 
 
 class Row(NamedTuple):
-    """One row's identity. A tuple, not a dataclass: rows key the per-sandbox memo of line
-    starts, looked up for every sample, and tuples hash and compare in C."""
+    """One row's identity. A tuple, not a dataclass: rows key the per-sandbox memo of label
+    texts, looked up for every sample, and tuples hash and compare in C."""
 
     container: str
     id: str

@@ -189,7 +189,7 @@ def render_outputs() -> dict[str, bytes]:
             block, state = convert(case.sandbox_id, guest, pod, collected_at, state, options)
             (first if collection == 0 else second).append(block)
             if collection == 1:
-                kata.append(katamon.render_sandbox(parsed, Labels.of(case.sandbox_id, pod)))
+                kata.append(katamon.KataBlock(parsed, Labels.of(case.sandbox_id, pod)))
     return {
         "cadvisor-first-collection.prom": assemble(HEADERS, first),
         "cadvisor.prom": assemble(HEADERS, second),

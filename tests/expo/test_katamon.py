@@ -8,12 +8,11 @@ import pytest
 
 from pulse.expo.parser import Sample, parse
 from pulse.katamon import (
-    LazyKataBlock,
+    KataBlock,
     assemble_kata,
     emitted_name,
     kata_pieces,
     parse_filter_family,
-    render_sandbox,
 )
 from pulse.model import Labels
 
@@ -45,7 +44,7 @@ def injected(labels: Labels) -> tuple[tuple[str, str], ...]:
 def test_every_sample_comes_back_with_identity_labels_appended(body: str) -> None:
     source = parse((FIXTURES / body).read_text())
     labels = labels_for("a" * 64)
-    output = parse(assemble_kata([render_sandbox(source, labels)]).decode())
+    output = parse(assemble_kata([KataBlock(source, labels)]).decode())
     assert output.malformed_lines == 0, output.first_error
     expected = {
         emitted_name(name): [
@@ -75,7 +74,7 @@ def test_every_sample_comes_back_with_identity_labels_appended(body: str) -> Non
 
 def test_go_and_process_collectors_are_renamed() -> None:
     source = parse((FIXTURES / "go.1.prom").read_text())
-    text = assemble_kata([render_sandbox(source, labels_for("b" * 64))]).decode()
+    text = assemble_kata([KataBlock(source, labels_for("b" * 64))]).decode()
     assert "\nkata_shim_go_gc_duration_seconds_sum{" in text
     assert "# TYPE kata_shim_go_gc_duration_seconds summary\n" in text
     assert "# TYPE kata_shim_process_cpu_seconds_total counter\n" in text
@@ -84,7 +83,7 @@ def test_go_and_process_collectors_are_renamed() -> None:
 
 def test_one_header_per_family_sorted_and_samples_contiguous() -> None:
     blocks = [
-        render_sandbox(parse((FIXTURES / f"{flavour}.1.prom").read_text()), labels_for(sid * 64))
+        KataBlock(parse((FIXTURES / f"{flavour}.1.prom").read_text()), labels_for(sid * 64))
         for flavour, sid in (("go", "c"), ("firecracker", "a"), ("runtime-rs", "b"))
     ]
     text = assemble_kata(blocks).decode()
@@ -100,7 +99,7 @@ def test_one_header_per_family_sorted_and_samples_contiguous() -> None:
 
 
 def test_filter_family_keeps_families_by_prefix() -> None:
-    block = render_sandbox(parse((FIXTURES / "go.1.prom").read_text()), labels_for("d" * 64))
+    block = KataBlock(parse((FIXTURES / "go.1.prom").read_text()), labels_for("d" * 64))
     text = assemble_kata([block], ("kata_guest_cpu", "kata_shim_go_")).decode()
     families = set(parse(text).families)
     assert "kata_guest_cpu_time" in families
@@ -116,15 +115,15 @@ def test_filter_family_keeps_families_by_prefix() -> None:
 def test_conflicting_types_keep_the_first_sandbox_and_drop_the_others_samples() -> None:
     gauge = parse("# HELP m a gauge\n# TYPE m gauge\nm 1\n")
     counter = parse("# HELP m a counter\n# TYPE m counter\nm 2\n")
-    blocks = [render_sandbox(counter, Labels("2" * 64)), render_sandbox(gauge, Labels("1" * 64))]
+    blocks = [KataBlock(counter, Labels("2" * 64)), KataBlock(gauge, Labels("1" * 64))]
     text = assemble_kata(blocks).decode()
     assert text.startswith("# HELP m a gauge\n# TYPE m gauge\n")
     assert [s.value for s in parse(text).families["m"].samples] == [1.0]
 
 
 def test_empty_and_headerless_bodies() -> None:
-    assert assemble_kata([render_sandbox(parse(""), Labels("e" * 64))]) == b""
-    text = assemble_kata([render_sandbox(parse("up 1\n"), Labels("e" * 64))]).decode()
+    assert assemble_kata([KataBlock(parse(""), Labels("e" * 64))]) == b""
+    text = assemble_kata([KataBlock(parse("up 1\n"), Labels("e" * 64))]).decode()
     assert text.endswith(
         'up{sandbox_id="' + "e" * 64 + '",cri_uid="",cri_name="",cri_namespace=""} 1\n'
     )
@@ -145,7 +144,7 @@ def test_unusual_lines_take_the_general_path_correctly(line: str) -> None:
     source = parse(f"# TYPE m gauge\n{line}\n")
     assert source.malformed_lines == 0
     labels = Labels("f" * 64, "p", "n", "u")
-    output = parse(assemble_kata([render_sandbox(source, labels)]).decode())
+    output = parse(assemble_kata([KataBlock(source, labels)]).decode())
     assert output.malformed_lines == 0
     [before] = source.families["m"].samples
     [after] = output.families["m"].samples
@@ -158,13 +157,13 @@ def test_rendered_as_sent_in_bounded_pieces_it_is_the_same(prefixes: tuple[str, 
         sid * 64: parse((FIXTURES / f"{flavour}.1.prom").read_text())
         for sid, flavour in (("b", "go"), ("a", "runtime-rs"), ("c", "go"))
     }
-    eager = [render_sandbox(parsed, labels_for(sid)) for sid, parsed in bodies.items()]
-    lazy = [LazyKataBlock(parsed, labels_for(sid)) for sid, parsed in bodies.items()]
-    whole = assemble_kata(eager, prefixes)
+    blocks = [KataBlock(parsed, labels_for(sid)) for sid, parsed in bodies.items()]
+    whole = assemble_kata(blocks, prefixes)
     assert whole
-    assert assemble_kata(lazy, prefixes) == whole
-    largest_family_share = max(len(lines) for block in eager for lines in block.block.values())
-    pieces = list(kata_pieces(lazy, prefixes, piece_size=4096))
+    largest_family_share = max(
+        len(block.lines(name) or b"") for block in blocks for name in block.types
+    )
+    pieces = list(kata_pieces(blocks, prefixes, piece_size=4096))
     assert b"".join(pieces) == whole
     assert len(pieces) > 2
     assert all(len(piece) < 4096 + largest_family_share + 4096 for piece in pieces)

@@ -185,6 +185,19 @@ async def app_server(
             nursery.cancel_scope.cancel()
 
 
+async def serve_app_until_cancelled(
+    scope: trio.CancelScope,
+    publisher: Publisher,
+    *,
+    task_status: trio.TaskStatus[Served] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """An app server for `publisher` until `scope` is cancelled (a server that goes away)."""
+    with scope:
+        async with app_server(publisher) as served:
+            task_status.started(served)
+            await trio.sleep_forever()
+
+
 @contextmanager
 def short_directory() -> Iterator[Path]:
     # Unix socket paths are limited to 107 bytes; a 64-hex sandbox directory under pytest's

@@ -16,7 +16,14 @@ import pytest
 import trio
 from playwright.sync_api import Page, sync_playwright
 
-from .support import Publisher, Served, agent_with_fleet, app_server, make_view, sandbox_id
+from .support import (
+    Publisher,
+    agent_with_fleet,
+    app_server,
+    make_view,
+    sandbox_id,
+    serve_app_until_cancelled,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -148,18 +155,12 @@ async def test_dashboard_shows_a_dropped_connection_and_recovers() -> None:
     publisher = Publisher([make_view(1, pod_name="before-drop")])
     first_server = trio.CancelScope()
 
-    async def serve_first(task_status: trio.TaskStatus[Served]) -> None:
-        with first_server:
-            async with app_server(publisher) as served:
-                task_status.started(served)
-                await trio.sleep_forever()
-
     async def restart(port: int, done: trio.Event) -> None:
         async with app_server(publisher, port=port):
             await done.wait()
 
     async with trio.open_nursery() as nursery:
-        first = await nursery.start(serve_first)
+        first = await nursery.start(serve_app_until_cancelled, first_server, publisher)
         port = urlsplit(first.url).port
         assert port is not None
         base = f"{first.url}/"

@@ -161,7 +161,7 @@ async def test_the_apps_pieces_are_the_pipelines_bodies() -> None:
     one_only = dataclasses.replace(snapshot, sandboxes={one: snapshot.sandboxes[one]})
     assert b"".join(cadvisor_pieces(snapshot, one)) == _cadvisor_text(one_only)
     rendered = [
-        katamon.render_sandbox(parse(view.raw_body.raw().decode()), Labels.of(sid, view.pod))
+        katamon.KataBlock(parse(view.raw_body.raw().decode()), Labels.of(sid, view.pod))
         for sid, view in snapshot.sandboxes.items()
         if view.raw_body is not None
     ]

@@ -30,11 +30,11 @@ from pulse.top import (
 
 from .support import (
     Publisher,
-    Served,
     agent_with_fleet,
     app_server,
     make_view,
     sandbox_id,
+    serve_app_until_cancelled,
     short_directory,
 )
 
@@ -274,14 +274,8 @@ async def test_top_shows_a_lost_connection_and_comes_back() -> None:
     publisher = Publisher([make_view(1, pod_name="batch-job")])
     first_server = trio.CancelScope()
 
-    async def serve_first(task_status: trio.TaskStatus[Served]) -> None:
-        with first_server:
-            async with app_server(publisher) as served:
-                task_status.started(served)
-                await trio.sleep_forever()
-
     async with trio.open_nursery() as nursery:
-        first = await nursery.start(serve_first)
+        first = await nursery.start(serve_app_until_cancelled, first_server, publisher)
         port = urlsplit(first.url).port
         assert port is not None
         async with top_in_pty("--url", first.url) as term:
