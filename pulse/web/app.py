@@ -90,7 +90,7 @@ async def _metrics_response(assembled: Assembled, tail: bytes = b"") -> Response
         headers["Content-Encoding"] = "gzip"
         pieces = await assembled.gzipped(tail)
     else:
-        pieces = assembled.plain(tail)
+        pieces = await assembled.plain(tail)
     # Sent as its pieces: joining the body and the tail would copy megabytes per response.
     headers["Content-Length"] = str(sum(map(len, pieces)))
     return Response(_stream(pieces), 200, content_type=PROMETHEUS_TEXT, headers=headers)

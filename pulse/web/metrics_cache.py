@@ -7,16 +7,17 @@ snapshots come: its data is up to a collection interval old anyway. Per key (rou
 
 - A body of the request's layout is served at once. Once it is MAX_AGE old and newer values
   exist, the first request to notice starts one refresh in the background and, like every
-  request until the refresh swaps its body in, gets the body it found. If gzip was asked for
-  since the last swap, the refresh compresses its body before its swap. Whatever the scrape
-  load, a key costs about one build (and one compression) per MAX_AGE, and no request waits.
+  request until the refresh swaps its body in, gets the body it found. The refresh makes the
+  forms (plain, gzip) asked for since the last build, in one pass, and no other: Prometheus
+  asks only for gzip, so the 11 MB plain form of a 500-sandbox body is never held for it. A
+  form asked for later is made from the other (compressed or inflated) once. Whatever the
+  scrape load, a key costs about one build per MAX_AGE, and no request waits.
 - Values never lag by more than MAX_STALE: a body that old is not served, the request waits for
   a fresh one. A lone scraper that comes back every 15 s gets fresh values, not those of its
   previous scrape.
 - The layout never lags: a snapshot's layout changes when a sandbox comes or goes, gains or
   loses data, or is relabelled; a body of an older layout is never served, requests wait for a
-  build of theirs (assembled only: a gzip request then compresses it, shared as before), and a
-  refresh of the older layout still in flight is cancelled.
+  build of theirs, and a refresh of the older layout still in flight is cancelled.
 - One build per key at a time, shared by every request that waits: a key holds at most the body
   being served and the one being built.
 
@@ -26,8 +27,8 @@ shutdown cancels them. Without it (an app that is not serving yet) a request bui
 task, and a body is never served past MAX_AGE.
 
 Everything runs on the event loop in steps with a checkpoint between them: a build's pieces
-(pipeline.ASSEMBLY_PIECE of joins each, then one join of the whole) and the compression
-(COMPRESS_SLICE at a time). A worker thread would leave its allocations resident in that
+(pipeline.ASSEMBLY_PIECE of joins each), the compression (COMPRESS_SLICE at a time) and the
+inflation (INFLATE_SLICE). A worker thread would leave its allocations resident in that
 thread's malloc arena.
 
 A response is sent as two pieces and never concatenated (that would copy megabytes per
@@ -38,6 +39,7 @@ new tail is compressed by a copy of it, once, and responses with the same tail s
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -62,6 +64,7 @@ MAX_STALE = 5.0  # seconds a body may be served at all while newer values exist
 # runs: small steps spread a build's cost thin (at 500 sandboxes, about 5 ms of joins and 60 ms
 # of compression a second). Smaller steps cost nothing measurable in total time.
 COMPRESS_SLICE = 64 * 1024  # 0.2 to 0.4 ms of compression
+INFLATE_SLICE = 16 * 1024  # of compressed input: about 0.1 MB of output
 
 Body = tuple[bytes, ...]  # a response body as its pieces, in order
 # Makes a key's body from a snapshot, piece by piece; empty pieces are allowed (checkpoints only).
@@ -77,80 +80,136 @@ class _GzipHead:
     compressed: bytes
     compressor: zlib_ng._Compress  # has consumed the body; never flushed, only copied
 
+    def finish(self, tail: bytes = b"") -> bytes:
+        """What follows `compressed` in the gzip stream of the body and then `tail`."""
+        # zlib-ng's compressors have copy() like zlib's; its type stubs leave it out.
+        finisher: zlib_ng._Compress = self.compressor.copy()  # type: ignore[attr-defined]
+        return finisher.compress(tail) + finisher.flush()
+
 
 @dataclass(slots=True, eq=False)
 class Assembled:
-    """One body, and the snapshot it was built from."""
+    """One body, in the forms asked for so far, and the snapshot it was built from.
 
-    body: bytes
+    A build makes the forms its key was asked for since the last one (Prometheus only ever
+    asks for gzip, so at 500 sandboxes 1.7 MB are kept instead of 12.7); a form asked for
+    later is made from the other one, once, and shared.
+    """
+
+    body: bytes | None = None  # the plain form
     version: int = 0
     layout: int = 0
     built_at: float = 0.0  # trio clock
     _gzip: _GzipHead | None = field(default=None, repr=False)
-    _compressing: trio.Event | None = field(default=None, repr=False)
+    _converting: trio.Event | None = field(default=None, repr=False)
     # The last tail compressed after the body, and its compressed form: under load, responses
     # that follow the same snapshot carry the same tail (see WebState.agent_tail).
     _gzip_tail: tuple[bytes, bytes] = field(default=(b"", b""), repr=False)
+
+    def __post_init__(self) -> None:
+        if self.body is None and self._gzip is None:
+            raise ValueError("an assembled body needs its plain or its gzip form")
 
     @property
     def compressed(self) -> bool:
         """Whether the gzip form is ready (a gzip response then costs only the tail)."""
         return self._gzip is not None
 
-    def plain(self, tail: bytes = b"") -> Body:
-        return (self.body, tail) if tail else (self.body,)
+    async def plain(self, tail: bytes = b"") -> Body:
+        body = await self.plain_body()
+        return (body, tail) if tail else (body,)
+
+    async def plain_body(self) -> bytes:
+        await self._convert(to_gzip=False)
+        assert self.body is not None
+        return self.body
 
     async def gzipped(self, tail: bytes = b"") -> Body:
-        gzip_head = await self._compress()
+        await self._convert(to_gzip=True)
+        gzip_head = self._gzip
+        assert gzip_head is not None
         last_tail, compressed_tail = self._gzip_tail
         if not compressed_tail or tail != last_tail:
-            # zlib-ng's compressors have copy() like zlib's; its type stubs leave it out.
-            finisher: zlib_ng._Compress = gzip_head.compressor.copy()  # type: ignore[attr-defined]
-            compressed_tail = finisher.compress(tail) + finisher.flush()
+            compressed_tail = gzip_head.finish(tail)
             self._gzip_tail = (tail, compressed_tail)
         return gzip_head.compressed, compressed_tail
 
     async def compress(self) -> None:
-        await self._compress()
+        await self._convert(to_gzip=True)
 
-    async def _compress(self) -> _GzipHead:
-        # Made once and shared: concurrent callers wait for the one in progress, and if its
-        # caller is cancelled, the next one starts over.
-        while self._gzip is None:
-            if self._compressing is not None:
-                await self._compressing.wait()
+    async def _convert(self, *, to_gzip: bool) -> None:
+        # Made once and shared: concurrent callers wait for the conversion in progress, and
+        # if its caller is cancelled, the next one starts over.
+        while (self._gzip if to_gzip else self.body) is None:
+            if self._converting is not None:
+                await self._converting.wait()
                 continue
-            self._compressing = trio.Event()
+            self._converting = trio.Event()
             try:
-                self._gzip = await _compress(self.body)
+                if to_gzip:
+                    assert self.body is not None
+                    self._gzip = await _compress(self.body)
+                else:
+                    assert self._gzip is not None
+                    self.body = await _inflate(self._gzip)
             finally:
-                compressing, self._compressing = self._compressing, None
-                compressing.set()
-        return self._gzip
+                converting, self._converting = self._converting, None
+                converting.set()
+
+
+def _gzip_compressor() -> zlib_ng._Compress:
+    return zlib_ng.compressobj(GZIP_LEVEL, zlib_ng.DEFLATED, GZIP_WBITS)
 
 
 async def _compress(body: bytes) -> _GzipHead:
-    compressor = zlib_ng.compressobj(GZIP_LEVEL, zlib_ng.DEFLATED, GZIP_WBITS)
+    compressor = _gzip_compressor()
     compressed: list[bytes] = []
-    view = memoryview(body)
+    await _feed(compressor, body, compressed)
+    return _GzipHead(b"".join(compressed), compressor)
+
+
+async def _feed(compressor: zlib_ng._Compress, data: bytes, compressed: list[bytes]) -> None:
+    """Compress `data` a slice at a time, appending the output to `compressed`."""
+    view = memoryview(data)
     for start in range(0, len(view), COMPRESS_SLICE):
         if output := compressor.compress(view[start : start + COMPRESS_SLICE]):
             compressed.append(output)
         await trio.lowlevel.checkpoint()
-    return _GzipHead(b"".join(compressed), compressor)
 
 
-async def _assemble(pieces: Iterable[bytes]) -> bytes:
-    collected: list[bytes] = []
-    for piece in pieces:  # each piece is made while the loop is ours
-        if piece:
-            collected.append(piece)
+async def _inflate(gzip_head: _GzipHead) -> bytes:
+    decompressor = zlib_ng.decompressobj(GZIP_WBITS)
+    body = io.BytesIO()
+    view = memoryview(gzip_head.compressed + gzip_head.finish())
+    for start in range(0, len(view), INFLATE_SLICE):
+        body.write(decompressor.decompress(view[start : start + INFLATE_SLICE]))
         await trio.lowlevel.checkpoint()
-    # Kept and sent as one piece: every piece of a response is a send of its own, and every
-    # send a point where the response can be kept waiting by other work (measured at 500
-    # sandboxes: 12 pieces a response cost a tenth of the plain throughput). The join is the
-    # one step of a build that copies the whole body, about a millisecond per 10 MB.
-    return b"".join(collected)
+    body.write(decompressor.flush())
+    return body.getvalue()
+
+
+async def _assemble(
+    pieces: Iterable[bytes], *, plain: bool, gzip: bool
+) -> tuple[bytes | None, _GzipHead | None]:
+    """One pass over the pieces, into the forms asked for."""
+    # The plain form is written into one growing buffer rather than joined from a list of
+    # pieces: a join holds the pieces and the body at once (at 500 sandboxes, 11 MB more at the
+    # peak, while the body being served is also held). BytesIO grows its buffer in place and
+    # hands it over without a copy when it is read out whole. It is kept and sent as one piece:
+    # every piece of a response is a send of its own, and every send a point where the
+    # response can be kept waiting by other work (measured at 500 sandboxes: 12 pieces a
+    # response cost a tenth of the plain throughput).
+    body = io.BytesIO() if plain else None
+    compressor = _gzip_compressor() if gzip else None
+    compressed: list[bytes] = []
+    for piece in pieces:  # each piece is made while the loop is ours
+        if body is not None:
+            body.write(piece)
+        if compressor is not None:
+            await _feed(compressor, piece, compressed)
+        await trio.lowlevel.checkpoint()
+    gzip_head = _GzipHead(b"".join(compressed), compressor) if compressor is not None else None
+    return (body.getvalue() if body is not None else None), gzip_head
 
 
 @dataclass(slots=True, eq=False)
@@ -172,11 +231,12 @@ class _Build:
 class _Slot:
     current: Assembled | None = None
     building: _Build | None = None
-    # Whether gzip was asked for since the last swap: the next refresh compresses before its
-    # swap. Not once and for all: refreshes would compress for nobody once only plain
-    # scrapers are left (at 500 sandboxes, 45 ms of compression a second that every response
-    # shares).
+    # The forms asked for since the last build started: the next build makes those (plain if
+    # neither), so that a refresh swaps in a body ready for the encodings in use and makes no
+    # form for nobody (at 500 sandboxes, compressing is 45 ms a second, and a plain form that
+    # no scraper reads is 11 MB).
     gzip_asked: bool = False
+    plain_asked: bool = False
 
 
 class AssemblyCache:
@@ -216,8 +276,12 @@ class AssemblyCache:
     ) -> Assembled:
         """The body for `key` to answer a request that took `snapshot` (compressed if `gzip`)."""
         slot = self._slot(key)
-        slot.gzip_asked = slot.gzip_asked or gzip
         while True:
+            # (Again after every wait: a build that started may have taken the flags.)
+            if gzip:
+                slot.gzip_asked = True
+            else:
+                slot.plain_asked = True
             current = slot.current
             if current is not None and self._servable(current, snapshot):
                 if (
@@ -292,18 +356,18 @@ class AssemblyCache:
     ) -> None:
         try:
             with record.cancel_scope:
-                body = await _assemble(build(snapshot))
-                assembled = Assembled(body, snapshot.version, snapshot.layout, trio.current_time())
-                # Requests keep getting the current body meanwhile, so a refresh swaps in a body
-                # ready for the encodings in use; a request that waits gets its body as soon as
-                # it is assembled, and its gzip form when a gzip request asks for it.
-                if refresh and slot.gzip_asked:
-                    await assembled.compress()
+                # The forms asked for since the last build; the first requests of the next
+                # build's forms are those that come from now on.
+                gzip, plain = slot.gzip_asked, slot.plain_asked or not slot.gzip_asked
+                slot.gzip_asked = slot.plain_asked = False
+                body, gzip_head = await _assemble(build(snapshot), plain=plain, gzip=gzip)
+                assembled = Assembled(
+                    body, snapshot.version, snapshot.layout, trio.current_time(), gzip_head
+                )
                 current = slot.current
                 # (Builds start only for snapshots newer than the body: kept as the invariant.)
                 if current is None or assembled.version > current.version:
                     slot.current = assembled
-                    slot.gzip_asked = False
         except Exception:
             record.failed = True
             log.error(

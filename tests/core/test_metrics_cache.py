@@ -28,8 +28,8 @@ def _snapshot(version: int, layout: int) -> Snapshot:
     return Snapshot(version, 0.0, True, {}, CriStatus("x"), AgentCounters(), layout=layout)
 
 
-def _text(assembled: Assembled) -> bytes:
-    return assembled.body
+async def _text(assembled: Assembled) -> bytes:
+    return await assembled.plain_body()
 
 
 class Builds:
@@ -93,7 +93,7 @@ async def test_a_body_past_max_age_is_served_at_once_while_a_refresh_replaces_it
     builds = Builds(pieces=10)
     async with serving(cache):
         first = await cache.get(_snapshot(1, 1), "k", builds)  # nothing yet: waits for it
-        assert _text(first) == builds.expected(1, 1)
+        assert await _text(first) == builds.expected(1, 1)
         await trio.sleep(MAX_AGE / 2)
         # Newer values, same layout, within MAX_AGE: shared, and no refresh.
         assert await cache.get(_snapshot(2, 1), "k", builds) is first
@@ -112,7 +112,7 @@ async def test_a_body_past_max_age_is_served_at_once_while_a_refresh_replaces_it
         assert builds.finished == [1, 3]
         refreshed = await cache.get(_snapshot(4, 1), "k", builds)
         assert refreshed.version == 3
-        assert _text(refreshed) == builds.expected(3, 1)
+        assert await _text(refreshed) == builds.expected(3, 1)
         # A refresh waits for MAX_AGE again, and never rebuilds the version it has.
         await trio.sleep(MAX_AGE)
         assert await cache.get(_snapshot(3, 1), "k", builds) is refreshed
@@ -164,7 +164,7 @@ async def test_a_layout_change_waits_for_its_own_build_and_drops_the_old_refresh
             # A sandbox came: even within MAX_AGE the request waits for a body of its layout.
             second = await cache.get(_snapshot(2, 2), "k", builds)
             assert (second.version, second.layout) == (2, 2)
-            assert _text(second) == builds.expected(2, 2) != _text(first)
+            assert await _text(second) == builds.expected(2, 2) != await _text(first)
 
             await trio.sleep(MAX_AGE)
             assert await cache.get(_snapshot(3, 2), "k", builds) is second  # refresh starts
@@ -173,7 +173,7 @@ async def test_a_layout_change_waits_for_its_own_build_and_drops_the_old_refresh
             # The layout changes while that refresh of layout 2 runs.
             third = await cache.get(_snapshot(4, 3), "k", builds)
             assert (third.version, third.layout) == (4, 3)
-            assert _text(third) == builds.expected(4, 3)
+            assert await _text(third) == builds.expected(4, 3)
             await trio.testing.wait_all_tasks_blocked()
             assert 3 not in builds.finished  # cancelled, not finished and swapped in
             assert builds.most_running == 1  # never two bodies in the making
@@ -218,13 +218,14 @@ async def test_gzip_after_a_refresh_is_the_refreshed_body_and_the_fresh_tail(
 
         refreshed = await cache.get(_snapshot(3, 1), "zipped", builds)
         assert refreshed.version == 2
-        # Compressed before the swap: gzip was asked for under this key since the last one...
-        assert refreshed.compressed
+        # Compressed before the swap: gzip was asked for under this key since the last one,
+        # and only gzip, so the plain form was not even made...
+        assert refreshed.compressed and refreshed.body is None
         # ...and not under the other, whose refresh compressed nothing.
         assert not (await cache.get(_snapshot(3, 1), "plain", builds)).compressed
         for tail in (b"tail_a 1\n", b"tail_b 22\n"):
             unzipped = gzip.decompress(b"".join(await refreshed.gzipped(tail)))
-            assert unzipped == builds.expected(2, 1) + tail == _text(refreshed) + tail
+            assert unzipped == builds.expected(2, 1) + tail == await _text(refreshed) + tail
 
         # Only plain scrapers left: the next refresh does not compress for nobody...
         await trio.sleep(MAX_AGE)
@@ -295,7 +296,7 @@ async def test_without_background_builds_a_request_rebuilds_past_max_age(
     assert (await cache.get(_snapshot(4, 2), "k", builds)).version == 4
     assert builds.started == [1, 3, 4]
     # Keys are separate bodies.
-    assert _text(await cache.get(_snapshot(4, 2), "other", builds)) == builds.expected(4, 2)
+    assert await _text(await cache.get(_snapshot(4, 2), "other", builds)) == builds.expected(4, 2)
 
 
 async def test_concurrent_requests_with_no_body_share_one_build(
@@ -358,7 +359,7 @@ async def test_gzip_form_is_the_body_plus_the_fresh_tail() -> None:
     for tail in (b"tail_a 1\n", b"tail_b 2\n"):
         assert gzip.decompress(b"".join(await assembled.gzipped(tail))) == body + tail
     assert assembled.body == body  # the pieces, joined
-    assert b"".join(assembled.plain(b"t\n")) == body + b"t\n"
+    assert b"".join(await assembled.plain(b"t\n")) == body + b"t\n"
     empty = Assembled(b"")
     assert gzip.decompress(b"".join(await empty.gzipped(b"t 1\n"))) == b"t 1\n"
 
@@ -375,3 +376,39 @@ async def test_gzip_tails_are_compressed_once_each_and_always_match_the_tail() -
     for tail, body in zip(tails, bodies, strict=True):
         assert gzip.decompress(b"".join(body)) == assembled.body + tail
     assert bodies[1][1] is bodies[0][1]  # the same tail again: not compressed again
+
+
+async def test_a_gzip_only_key_holds_no_plain_form_until_one_is_asked_for(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cache = AssemblyCache()
+    builds = Builds(pieces=4, piece_bytes=COMPRESS_SLICE + 1000)
+    async with serving(cache):
+        zipped = await cache.get(_snapshot(1, 1), "k", builds, gzip=True)
+        assert zipped.compressed and zipped.body is None
+        # Plain requests on it get the form inflated from the gzip one: once, shared.
+        plains: list[tuple[bytes, ...]] = []
+
+        async def plain_request() -> None:
+            assembled = await cache.get(_snapshot(1, 1), "k", builds)
+            plains.append(await assembled.plain(b"t 1\n"))
+
+        async with trio.open_nursery() as requests:
+            for _ in range(5):
+                requests.start_soon(plain_request)
+        assert builds.started == [1]
+        assert all(pieces[0] is plains[0][0] for pieces in plains)
+        assert plains[0] == (builds.expected(1, 1), b"t 1\n")
+        # Both forms were asked for: the refresh makes both, in its one pass.
+        await cache.get(_snapshot(2, 1), "k", builds, gzip=True)
+        await trio.sleep(MAX_AGE)
+        assert await cache.get(_snapshot(3, 1), "k", builds, gzip=True) is zipped
+        await trio.testing.wait_all_tasks_blocked()
+        both = await cache.get(_snapshot(3, 1), "k", builds, gzip=True)
+        assert both.version == 3 and both.compressed and both.body == builds.expected(3, 1)
+        assert gzip.decompress(b"".join(await both.gzipped(b"t 2\n"))) == both.body + b"t 2\n"
+
+
+def test_an_assembled_body_needs_a_form() -> None:
+    with pytest.raises(ValueError, match="plain or its gzip"):
+        Assembled()
