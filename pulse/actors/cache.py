@@ -129,6 +129,9 @@ class CacheOwner:
                 # Whatever else is already queued joins this snapshot: a burst of N messages
                 # (500 sandboxes at start) costs a few snapshots, not N copies of N views.
                 for _ in range(MAX_MESSAGES_PER_SNAPSHOT - 1):
+                    # The loop is given up between messages (each is a conversion of up to
+                    # half a millisecond), so that a burst does not hold responses in flight.
+                    await trio.lowlevel.checkpoint()
                     try:
                         await self.handle(inbox.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):

@@ -1,4 +1,5 @@
-"""tune_malloc: large buffers get mappings of their own and go back to the system when freed."""
+"""Process tuning at start: large buffers go back to the system when freed (tune_malloc), and
+the objects made at start are left out of the garbage collector's full passes."""
 
 from __future__ import annotations
 
@@ -58,3 +59,28 @@ def test_freed_large_buffers_go_back_to_the_system_with_the_tuning() -> None:
 @pytest.mark.parametrize("name", MALLOC_ENVIRONMENT)
 def test_the_operators_malloc_settings_win(name: str) -> None:
     assert tune_malloc({name: "65536"}) is False
+
+
+_FREEZE_SCRIPT = """
+import gc, weakref
+from pulse.cli import freeze_startup_objects
+
+class Node:
+    pass
+
+cycle = Node()
+cycle.self = cycle
+gone = weakref.ref(cycle)
+del cycle
+kept = Node()
+frozen = freeze_startup_objects()
+assert gone() is None, "garbage made before start was frozen instead of collected"
+assert frozen == gc.get_freeze_count() > 1000, frozen
+assert not any(obj is kept for obj in gc.get_objects()), "a startup object is still collected"
+print(frozen)
+"""
+
+
+def test_startup_objects_are_frozen_after_the_garbage_is_collected() -> None:
+    # A child process: freezing is for the life of the process.
+    subprocess.run([sys.executable, "-c", _FREEZE_SCRIPT], check=True)
