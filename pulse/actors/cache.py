@@ -49,6 +49,7 @@ from pulse.snapshot import (
 log = get_logger("cache")
 
 MAX_MESSAGES_PER_SNAPSHOT = 256
+BATCH_HOLD = 0.002  # seconds a batch of messages may hold the event loop
 # Value-only changes are published at most this often: at hundreds of sandboxes collections
 # arrive ~100 times a second, and a snapshot per collection cost more than the collection's
 # rendering. Nothing reading snapshots needs them fresher (/metrics reuses a body for up to
@@ -128,10 +129,15 @@ class CacheOwner:
                 await self.handle(message)
                 # Whatever else is already queued joins this snapshot: a burst of N messages
                 # (500 sandboxes at start) costs a few snapshots, not N copies of N views.
+                held_since = trio.current_time()
                 for _ in range(MAX_MESSAGES_PER_SNAPSHOT - 1):
-                    # The loop is given up between messages (each is a conversion of up to
-                    # half a millisecond), so that a burst does not hold responses in flight.
-                    await trio.lowlevel.checkpoint()
+                    # The loop is given up once a batch has held it for BATCH_HOLD (a
+                    # conversion takes up to half a millisecond), so that a burst does not hold
+                    # responses in flight; not after every message, or the initial scan's
+                    # cheap ones would wait a round of every collector each (readiness late).
+                    if trio.current_time() - held_since >= BATCH_HOLD:
+                        await trio.lowlevel.checkpoint()
+                        held_since = trio.current_time()
                     try:
                         await self.handle(inbox.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
