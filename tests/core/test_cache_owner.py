@@ -218,46 +218,57 @@ async def test_value_changes_are_published_at_most_every_gap_layout_changes_at_o
     assert snapshot.sandboxes[OTHER].has_data and trio.current_time() == sent_at
 
 
-class _CostlyOwner(CacheOwner):
-    """Each message costs `cost` seconds of the mock clock; notes what the ticker had done."""
+class _StepCounter(trio.abc.Instrument):
+    """How many steps each task has begun: a task's step ends when it gives the loop up."""
 
-    def __init__(self, config: Config, clock: trio.testing.MockClock, cost: float) -> None:
+    def __init__(self) -> None:
+        self.steps: dict[trio.lowlevel.Task, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task] = self.steps.get(task, 0) + 1
+
+
+class _CostlyOwner(CacheOwner):
+    """Each message costs `cost` seconds of the mock clock; notes the owner's step count."""
+
+    def __init__(
+        self, config: Config, clock: trio.testing.MockClock, cost: float, counter: _StepCounter
+    ) -> None:
         board = Board(Snapshot(0, 0.0, False, {}, CriStatus("x"), AgentCounters()))
         to_supervisor, _ = trio.open_memory_channel[SupervisorMessage](100)
         nudges, _ = trio.open_memory_channel[None](1)
         super().__init__(config, board, to_supervisor, nudges, time.time())
-        self.clock, self.cost = clock, cost
-        self.ticks = 0
-        self.ticks_seen: list[int] = []
+        self.clock, self.cost, self.counter = clock, cost, counter
+        self.steps_seen: list[int] = []
 
     async def handle(self, message: CacheMessage) -> None:
-        self.ticks_seen.append(self.ticks)
+        self.steps_seen.append(self.counter.steps[trio.lowlevel.current_task()])
         self.clock.jump(self.cost)
         await super().handle(message)
 
-    async def tick_forever(self) -> None:
-        while True:
-            self.ticks += 1
-            await trio.lowlevel.checkpoint()
 
-
-@pytest.mark.parametrize("cost", [0.0, BATCH_HOLD / 2])
+# 0.6 of BATCH_HOLD a message, so that no rounding of the clock can move a yield.
+@pytest.mark.parametrize("cost", [0.0, BATCH_HOLD * 0.6])
 async def test_a_batch_gives_the_loop_up_only_once_it_has_held_it_for_batch_hold(
     config: Config, autojump_clock: trio.testing.MockClock, cost: float
 ) -> None:
-    owner = _CostlyOwner(config, autojump_clock, cost)
+    counter = _StepCounter()
+    owner = _CostlyOwner(config, autojump_clock, cost, counter)
     owner.publish_initial()
     to_cache, inbox = trio.open_memory_channel[CacheMessage](100)
     for index in range(12):  # results of collectors the owner never started: ignored
         to_cache.send_nowait(failure(f"{index:064x}", 1, ScrapeFailure.TIMEOUT))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(owner.tick_forever)
-        nursery.start_soon(owner.run, inbox)
-        while len(owner.ticks_seen) < 12:
-            await trio.lowlevel.checkpoint()
-        nursery.cancel_scope.cancel()
-    rounds = owner.ticks_seen[-1] - owner.ticks_seen[0]
+    trio.lowlevel.add_instrument(counter)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(owner.run, inbox)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert len(owner.steps_seen) == 12
+    yields = owner.steps_seen[-1] - owner.steps_seen[0]
     if cost == 0:
-        assert rounds == 0  # cheap messages (the initial scan's): one batch, no round given up
+        assert yields == 0  # cheap messages (the initial scan's): one batch, one step
     else:
-        assert rounds == 5  # two messages per BATCH_HOLD, then a round for the others
+        assert yields == 5  # two messages per BATCH_HOLD, then the loop is given up
