@@ -53,7 +53,11 @@ def decode(body: bytes) -> str:
 
 
 def digest_body(
-    body: bytes, disk_exclude: re.Pattern[str] | None = None, *, whole: bool = True
+    body: bytes,
+    disk_exclude: re.Pattern[str] | None = None,
+    *,
+    whole: bool = True,
+    checked_against: GuestSample | None = None,
 ) -> BodyDigest:
     """Parse and keep what the conversion needs; excluded disks are not even kept.
 
@@ -61,9 +65,19 @@ def digest_body(
     It falls back to the whole body when the layout does not allow that, when a guest line is
     malformed, or when the body has no guest samples (is there anything at all?); the
     result's `whole` tells which happened.
+
+    With `checked_against` (the sandbox's previous figures), the guest lines are not validated
+    either, only read: the result must then have every figure the previous one had, or the
+    guest families are parsed again with validation. A line the conversion reads that broke
+    thus loses its figure for no collection: it is found and counted at once. What goes
+    unchecked is a line the conversion does not read, until the next whole-body check.
     """
     text = decode(body)
     if not whole:
+        if checked_against is not None:
+            guest = _read_unvalidated(text, disk_exclude)
+            if guest is not None and guest.has_every_figure_of(checked_against):
+                return BodyDigest(guest, True, 0, None, whole=False)
         selected = parse_selected(text, GUEST_SHAPES)
         if selected is not None and selected.has_samples:
             return BodyDigest(extract_guest(selected, disk_exclude), True, 0, None, whole=False)
@@ -74,6 +88,16 @@ def digest_body(
         parsed.malformed_lines,
         parsed.first_error,
     )
+
+
+def _read_unvalidated(text: str, disk_exclude: re.Pattern[str] | None) -> GuestSample | None:
+    selected = parse_selected(text, GUEST_SHAPES, validate=False)
+    if selected is None or not selected.has_samples:
+        return None
+    try:
+        return extract_guest(selected, disk_exclude)
+    except ValueError:
+        return None  # a value that is not a number: validation will say where
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import trio
 
+from pulse.cadvisor import GuestSample
+from pulse.channels import send_promptly
 from pulse.kept import KeptBody
 from pulse.logs import get_logger
 from pulse.model import (
@@ -40,9 +42,10 @@ SOCKET_RETRY_MAX = 1.0
 SOCKET_NOT_READY = frozenset({ScrapeFailure.NO_SOCKET, ScrapeFailure.CONNECT})
 JITTER = 0.1  # each interval is stretched or shrunk by up to 10% so collections drift apart
 # How often a clean body is validated line by line; in between only the guest families the
-# conversion reads are parsed (see digest_body). Longer than the default interval (60 s), so
-# that the saving holds there too; the rest of the body only reaches /metrics/kata, whose own
-# parse skips bad lines meanwhile. A body with malformed lines is validated at every
+# conversion reads are parsed, and only the lines it reads are read, checked against the
+# figures of the collection before (see digest_body). Longer than the default interval (60 s),
+# so that the saving holds there too; the lines left unread only reach /metrics/kata, whose
+# own parse skips bad lines meanwhile. A body with malformed lines is validated at every
 # collection, so its errors stay counted and visible.
 WHOLE_BODY_CHECK_EVERY = 300.0
 
@@ -62,10 +65,11 @@ async def collect_once(
     settings: CollectorSettings,
     *,
     whole_body: bool = True,
+    previous: GuestSample | None = None,
 ) -> ScrapeSucceeded | ScrapeFailed:
     """Fetch and digest one shim body over the collector's connection; the digest is parsed
-    here, in the collector's task. `whole_body=False` validates only the guest families (see
-    digest_body)."""
+    here, in the collector's task. `whole_body=False` parses only the guest families, and with
+    the `previous` collection's figures reads them without validating (see digest_body)."""
     started = trio.current_time()
     body: bytes | None = None
     try:
@@ -80,7 +84,7 @@ async def collect_once(
         return ScrapeFailed(
             sandbox_id, generation, time.time(), elapsed, ScrapeFailure.TIMEOUT, detail
         )
-    digest = digest_body(body, settings.disk_exclude, whole=whole_body)
+    digest = digest_body(body, settings.disk_exclude, whole=whole_body, checked_against=previous)
     elapsed = trio.current_time() - started
     if not digest.has_samples:
         detail = digest.first_error or "no samples in the body"
@@ -108,16 +112,26 @@ async def run_collector(
     # The first collection reads only what the conversion needs, so that hundreds of sandboxes
     # found at start show up sooner; the second (at its random phase) checks the whole body.
     next_whole_check = trio.current_time() + next_delay
+    previous: GuestSample | None = None  # the last good collection's figures
     # One connection for the collector's life, reused across collections; closed with it.
     async with ShimConnection(socket_path) as connection:
         while True:
             whole_body = trio.current_time() >= next_whole_check
             result = await collect_once(
-                sandbox_id, generation, connection, settings, whole_body=whole_body
+                sandbox_id,
+                generation,
+                connection,
+                settings,
+                whole_body=whole_body,
+                previous=previous,
             )
-            if isinstance(result, ScrapeSucceeded) and result.digest.whole:
-                clean = result.digest.malformed_lines == 0
-                next_whole_check = trio.current_time() + (WHOLE_BODY_CHECK_EVERY if clean else 0.0)
+            if isinstance(result, ScrapeSucceeded):
+                previous = result.digest.guest
+                if result.digest.whole:
+                    clean = result.digest.malformed_lines == 0
+                    next_whole_check = trio.current_time() + (
+                        WHOLE_BODY_CHECK_EVERY if clean else 0.0
+                    )
             if isinstance(result, ScrapeFailed) and not socket_path.parent.is_dir():
                 # The sandbox is being torn down (kata #13735): not an error, and the watcher's
                 # SandboxGone will cancel this collector in a moment.
@@ -135,7 +149,8 @@ async def run_collector(
                 continue
             reported = None
             retry_delay = SOCKET_RETRY_FIRST
-            await to_cache.send(result)
+            # The sleep below is the checkpoint; a plain send would add a scheduling round.
+            await send_promptly(to_cache, result)
             await trio.sleep(next_delay)
             next_delay = settings.interval * rng.uniform(1 - JITTER, 1 + JITTER)
 

@@ -69,6 +69,26 @@ class GuestSample:
     def empty(self) -> bool:
         return not (self.cpu or self.meminfo or self.netdev or self.diskstat or self.tasks)
 
+    def has_every_figure_of(self, other: GuestSample) -> bool:
+        """Whether every figure `other` has is here too, whatever the values."""
+        return (
+            self.ncpu >= other.ncpu
+            and self.cpu.keys() >= other.cpu.keys()
+            and self.meminfo.keys() >= other.meminfo.keys()
+            and self.vm_stat.keys() >= other.vm_stat.keys()
+            and self.tasks.keys() >= other.tasks.keys()
+            and _has_every_item(self.netdev, other.netdev)
+            and _has_every_item(self.diskstat, other.diskstat)
+        )
+
+
+def _has_every_item(
+    mine: Mapping[str, Mapping[str, float]], theirs: Mapping[str, Mapping[str, float]]
+) -> bool:
+    return mine.keys() >= theirs.keys() and all(
+        mine[device].keys() >= items.keys() for device, items in theirs.items()
+    )
+
 
 def _nested(index: Mapping[tuple[str, ...], float]) -> dict[str, dict[str, float]]:
     nested: dict[str, dict[str, float]] = {}

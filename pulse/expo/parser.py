@@ -446,7 +446,9 @@ def parse(text: str) -> ParsedBody:
     return ParsedBody(MappingProxyType(families), malformed, first_error)
 
 
-def parse_selected(text: str, shapes: Mapping[str, tuple[str, ...]]) -> ParsedBody | None:
+def parse_selected(
+    text: str, shapes: Mapping[str, tuple[str, ...]], *, validate: bool = True
+) -> ParsedBody | None:
     """Parse only the families named in `shapes`, or None when the body's layout does not allow
     it. `shapes` maps each family to the labels its samples are expected to have (in order):
     the ones the caller will `index` it by.
@@ -461,6 +463,11 @@ def parse_selected(text: str, shapes: Mapping[str, tuple[str, ...]]) -> ParsedBo
     for it, and its family is marked as indexable by those labels; any other piece goes
     through `parse`. None (parse the whole body instead) when the proof fails or a selected
     line is malformed, so that errors are reported with the whole body's line numbers.
+
+    `validate=False` skips the per-line check of a plainly written block: its samples are
+    taken as they are, and only the lines its family is indexed by are ever read. A malformed
+    line then either goes unread, gives a value `float` refuses (`index` raises ValueError), or
+    leaves its figure out; the caller must detect the last case (see `digest_body`).
     """
     if "\r" in text:
         return None
@@ -484,9 +491,13 @@ def parse_selected(text: str, shapes: Mapping[str, tuple[str, ...]]) -> ParsedBo
     families: dict[str, Family] = {}
     for name, piece in selected:
         keys = shapes[name]
-        block = _keyed_block(name, keys).fullmatch(piece)
+        if validate:
+            block = _keyed_block(name, keys).fullmatch(piece)
+        else:
+            block = _block_head(name).match(piece)
         if block is not None and name not in families:
-            help_text, family_type, samples = block.groups()
+            help_text, family_type = block[1], block[2]
+            samples = block[3] if validate else piece[block.end() :]
             family = Family(
                 name,
                 family_type,
@@ -518,6 +529,17 @@ def _keyed_block(name: str, keys: tuple[str, ...]) -> re.Pattern[str]:
         rf"{escaped}(?:[ \t]++([^\n]*+)|[ \t]*+)\n"
         rf"#[ \t]++TYPE[ \t]++{escaped}[ \t]++(counter|gauge|untyped)[ \t]*+\n"
         rf"((?:{sample})*+)"
+    )
+
+
+@lru_cache(maxsize=64)
+def _block_head(name: str) -> re.Pattern[str]:
+    """The HELP and TYPE lines that start a family piece (after its `# HELP `), as
+    `_keyed_block` has them; its samples follow, unchecked. Groups: help, type."""
+    escaped = re.escape(name)
+    return re.compile(
+        rf"{escaped}(?:[ \t]++([^\n]*+)|[ \t]*+)\n"
+        rf"#[ \t]++TYPE[ \t]++{escaped}[ \t]++(counter|gauge|untyped)[ \t]*+\n"
     )
 
 

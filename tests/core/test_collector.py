@@ -165,6 +165,52 @@ async def test_a_body_with_malformed_lines_is_checked_whole_at_every_collection(
     assert results[1][1].digest.first_error is not None
 
 
+async def test_a_read_line_that_breaks_between_whole_checks_is_counted_at_once(
+    sim_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    guest = SimulatedGuest(SID, Flavour.GO, seed=3)
+    good = guest.render(1.8e9)
+    mem_free = b'kata_guest_meminfo{item="mem_free"} '
+    assert mem_free in good
+    broken = good.replace(mem_free, mem_free.replace(b'"} ', b"} "))
+    bodies = iter([good] * 4 + [broken] * 2 + [good] * 2)
+    (sim_dir / SID).mkdir(parents=True)
+    shim = SimulatedShim(sim_dir / SID / "shim-monitor.sock", lambda: next(bodies))
+    settings = CollectorSettings(interval=10.0, timeout=3.0, max_body=1 << 24)
+    results = [message for _, message in await _collections(shim, settings, 8)]
+    # Well within WHOLE_BODY_CHECK_EVERY: the unvalidated reading missed mem_free, so the
+    # body was validated whole at once, and at every collection while it stayed broken.
+    assert [m.digest.whole for m in results] == [False, True, False, False, True, True, True, False]
+    assert [m.digest.malformed_lines for m in results] == [0, 0, 0, 0, 1, 1, 0, 0]
+    assert all("mem_free" in m.digest.guest.meminfo for m in results[:4] + results[6:])
+    assert all("mem_free" not in m.digest.guest.meminfo for m in results[4:6])
+
+
+async def test_an_unread_line_that_breaks_waits_for_the_next_whole_check(
+    sim_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    guest = SimulatedGuest(SID, Flavour.GO, seed=3)
+    good = guest.render(1.8e9)
+    unread = b'kata_guest_vm_stat{item="nr_free_pages"} '
+    assert unread in good
+    broken = good.replace(unread, unread.replace(b'"} ', b"} "))
+    bodies = iter([good] * 2 + [broken] * 6)
+    (sim_dir / SID).mkdir(parents=True)
+    shim = SimulatedShim(sim_dir / SID / "shim-monitor.sock", lambda: next(bodies))
+    interval = WHOLE_BODY_CHECK_EVERY / 4
+    settings = CollectorSettings(interval=interval, timeout=3.0, max_body=1 << 24)
+    results = [message for _, message in await _collections(shim, settings, 8)]
+    whole = [m.digest.whole for m in results]
+    # Read without validation (the conversion's figures are all there) until the whole check
+    # comes round, which counts the error; from then on every collection is validated.
+    assert whole[:4] == [False, True, False, False]
+    first_check = whole.index(True, 2)
+    assert all(whole[first_check:])
+    assert [m.digest.malformed_lines for m in results[:first_check]] == [0] * first_check
+    assert all(m.digest.malformed_lines == 1 for m in results[first_check:])
+    assert all(m.digest.guest == results[0].digest.guest for m in results)
+
+
 async def test_collections_share_one_connection_closed_when_the_collector_stops(
     sim_dir: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

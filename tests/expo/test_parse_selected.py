@@ -6,6 +6,7 @@ parse gives; `digest_body(whole=False)` turns a refusal into a full parse.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -168,3 +169,104 @@ def test_a_family_written_twice_is_merged_as_the_full_parser_merges_it() -> None
     assert same_guest_as_full_parse(text)
     guest = extract_guest(parse(text), DISKS)
     assert guest.meminfo["mem_free"] != 1  # the first block's value wins
+
+
+# --- Reading without validation, checked against the previous figures -----------------------
+
+MEM_FREE = 'kata_guest_meminfo{item="mem_free"} '
+UNREAD_VM_STAT = 'kata_guest_vm_stat{item="nr_free_pages"} '
+
+
+def test_unvalidated_reading_gives_the_figures_of_a_full_parse() -> None:
+    for flavour in (f for f in Flavour if f is not Flavour.NO_GUEST):
+        text = body_of(flavour)
+        selected = parse_selected(text, GUEST_SHAPES, validate=False)
+        assert selected is not None
+        assert extract_guest(selected, DISKS) == extract_guest(parse(text), DISKS)
+
+
+def test_a_malformed_line_the_conversion_does_not_read_goes_unchecked() -> None:
+    text = body_of(Flavour.GO)
+    assert UNREAD_VM_STAT in text
+    broken = text.replace(UNREAD_VM_STAT, UNREAD_VM_STAT.replace('"} ', "} "))
+    assert parse(broken).malformed_lines == 1
+    assert parse_selected(broken, GUEST_SHAPES) is None  # validated: declined
+    unvalidated = parse_selected(broken, GUEST_SHAPES, validate=False)
+    assert unvalidated is not None
+    previous = extract_guest(parse(text), DISKS)
+    digest = digest_body(broken.encode(), DISKS, whole=False, checked_against=previous)
+    assert not digest.whole and digest.malformed_lines == 0
+    assert digest.guest == extract_guest(parse(broken), DISKS)
+
+
+@pytest.mark.parametrize(
+    "broken_line",
+    [
+        'kata_guest_meminfo{item="mem_free} 1\n',  # unterminated label value: not read at all
+        'kata_guest_meminfo{item="mem_free"}\n',  # no value
+        'kata_guest_meminfo{item="mem_free"} 12abc\n',  # a value float() refuses
+        'kata_guest_meminfo{item="mem_free"} 1 2 3\n',  # trailing garbage
+    ],
+)
+def test_a_broken_line_the_conversion_reads_is_counted_at_once(broken_line: str) -> None:
+    text = body_of(Flavour.GO)
+    start = text.index(MEM_FREE)
+    end = text.index("\n", start) + 1
+    broken = text[:start] + broken_line + text[end:]
+    previous = extract_guest(parse(text), DISKS)
+    digest = digest_body(broken.encode(), DISKS, whole=False, checked_against=previous)
+    # Not the unchecked reading: the whole body, with the error and its real line number.
+    assert digest.whole and digest.malformed_lines == 1
+    line = text[:start].count("\n") + 1
+    assert digest.first_error is not None and digest.first_error.startswith(f"line {line}:")
+    assert "mem_free" not in digest.guest.meminfo
+    assert digest.guest == extract_guest(parse(broken), DISKS)
+
+
+def test_a_figure_gone_for_good_is_validated_then_accepted() -> None:
+    # A disk unplugged from the guest: fewer figures, and no error anywhere.
+    text = body_of(Flavour.GO)
+    previous = extract_guest(parse(text), DISKS)
+    disk = sorted(previous.diskstat)[-1]
+    unplugged = "".join(
+        line for line in text.splitlines(keepends=True) if f'disk="{disk}"' not in line
+    )
+    assert parse(unplugged).malformed_lines == 0
+    digest = digest_body(unplugged.encode(), DISKS, whole=False, checked_against=previous)
+    # Validated, but only the guest families: no whole-body parse for a routine change.
+    assert not digest.whole and digest.malformed_lines == 0
+    assert disk not in digest.guest.diskstat and digest.guest.diskstat
+    assert digest.guest == extract_guest(parse(unplugged), DISKS)
+    # From then on the smaller set is what the next collection is checked against.
+    again = digest_body(unplugged.encode(), DISKS, whole=False, checked_against=digest.guest)
+    assert again.guest == digest.guest and not again.whole
+
+
+def test_more_figures_than_before_are_taken_unchecked() -> None:
+    text = body_of(Flavour.GO)
+    previous = extract_guest(parse(text), DISKS)
+    fewer = dataclasses.replace(previous, meminfo={})
+    digest = digest_body(text.encode(), DISKS, whole=False, checked_against=fewer)
+    assert not digest.whole and digest.guest == previous
+
+
+def test_has_every_figure_of_compares_keys_at_every_level() -> None:
+    full = extract_guest(parse(body_of(Flavour.GO)), DISKS)
+    assert full.has_every_figure_of(full)
+    interface = next(iter(full.netdev))
+    item = next(iter(full.netdev[interface]))
+    fewer_items = {
+        **full.netdev,
+        interface: {k: v for k, v in full.netdev[interface].items() if k != item},
+    }
+    cases = [
+        dataclasses.replace(full, ncpu=full.ncpu - 1),
+        dataclasses.replace(full, cpu={k: v for k, v in list(full.cpu.items())[1:]}),
+        dataclasses.replace(full, vm_stat={}),
+        dataclasses.replace(full, tasks={}),
+        dataclasses.replace(full, netdev=fewer_items),
+        dataclasses.replace(full, diskstat=dict(list(full.diskstat.items())[1:])),
+    ]
+    for smaller in cases:
+        assert full.has_every_figure_of(smaller)
+        assert not smaller.has_every_figure_of(full), smaller
