@@ -218,6 +218,53 @@ async def test_value_changes_are_published_at_most_every_gap_layout_changes_at_o
     assert snapshot.sandboxes[OTHER].has_data and trio.current_time() == sent_at
 
 
+async def test_messages_during_a_pending_publication_are_taken_together_when_it_is_due(
+    config: Config, autojump_clock: trio.testing.MockClock
+) -> None:
+    counter = _StepCounter()
+    owner = _CostlyOwner(config, autojump_clock, 0.0, counter)
+    owner.publish_initial()
+    to_cache, inbox = trio.open_memory_channel[CacheMessage](100)
+    trio.lowlevel.add_instrument(counter)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(owner.run, inbox)
+            await to_cache.send(SandboxAppeared(SID, ROOT, RuntimeKind.GO))
+            first = await owner.board.wait_newer(owner.board.current)
+            start = owner.commands.receive_nowait()
+            assert isinstance(start, StartCollecting)
+            with_data = await _send_and_wait(owner, to_cache, success(SID, 1, 1_800_000_000.0))
+            published_at = trio.current_time()
+            # Value changes now wait for publish_due; they arrive 10 ms apart, then a new
+            # sandbox, whose appearance is published as soon as the owner takes it.
+            for index in range(3):
+                await trio.sleep(PUBLISH_GAP / 5)
+                await to_cache.send(success(SID, 1, 1_800_000_010.0 + index))
+            await to_cache.send(SandboxAppeared(OTHER, ROOT, RuntimeKind.GO))
+            sent_last = trio.current_time()
+            later = await owner.board.wait_newer(with_data)
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert first.version < with_data.version < later.version
+    # The first value change woke the idle owner; the next three messages came while its
+    # changes waited for publish_due and were all taken then, in one step of the owner.
+    (woken_steps, woken_at), *together = owner.handled[-4:]
+    assert woken_at == pytest.approx(published_at + PUBLISH_GAP / 5)
+    assert len({steps for steps, _ in together}) == 1 and together[0][0] > woken_steps
+    assert [at for _, at in together] == pytest.approx([published_at + PUBLISH_GAP] * 3)
+    assert trio.current_time() - sent_last <= PUBLISH_GAP
+    assert later.sandboxes[SID].last_success == 1_800_000_012.0 and OTHER in later.sandboxes
+
+
+async def _send_and_wait(
+    owner: _CostlyOwner, to_cache: trio.MemorySendChannel[CacheMessage], message: CacheMessage
+) -> Snapshot:
+    seen = owner.board.current
+    await to_cache.send(message)
+    return await owner.board.wait_newer(seen)
+
+
 class _StepCounter(trio.abc.Instrument):
     """How many steps each task has begun: a task's step ends when it gives the loop up."""
 
@@ -234,15 +281,20 @@ class _CostlyOwner(CacheOwner):
     def __init__(
         self, config: Config, clock: trio.testing.MockClock, cost: float, counter: _StepCounter
     ) -> None:
-        board = Board(Snapshot(0, 0.0, False, {}, CriStatus("x"), AgentCounters()))
-        to_supervisor, _ = trio.open_memory_channel[SupervisorMessage](100)
+        self.board = Board(Snapshot(0, 0.0, False, {}, CriStatus("x"), AgentCounters()))
+        to_supervisor, self.commands = trio.open_memory_channel[SupervisorMessage](100)
         nudges, _ = trio.open_memory_channel[None](1)
-        super().__init__(config, board, to_supervisor, nudges, time.time())
+        super().__init__(config, self.board, to_supervisor, nudges, time.time())
         self.clock, self.cost, self.counter = clock, cost, counter
-        self.steps_seen: list[int] = []
+        self.handled: list[tuple[int, float]] = []  # (the owner's step count, trio time)
+
+    @property
+    def steps_seen(self) -> list[int]:
+        return [steps for steps, _ in self.handled]
 
     async def handle(self, message: CacheMessage) -> None:
-        self.steps_seen.append(self.counter.steps[trio.lowlevel.current_task()])
+        steps = self.counter.steps[trio.lowlevel.current_task()]
+        self.handled.append((steps, trio.current_time()))
         self.clock.jump(self.cost)
         await super().handle(message)
 
