@@ -5,14 +5,17 @@ cache's nursery."""
 from __future__ import annotations
 
 import gzip
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
 import trio.testing
+from zlib_ng import zlib_ng
 
 from pulse.snapshot import AgentCounters, CriStatus, Snapshot
+from pulse.web import metrics_cache
 from pulse.web.metrics_cache import (
     COMPRESS_SLICE,
     MAX_AGE,
@@ -214,7 +217,7 @@ async def test_gzip_after_a_refresh_is_the_refreshed_body_and_the_fresh_tail(
         await trio.sleep(MAX_AGE)
         assert await cache.get(_snapshot(2, 1), "zipped", builds, gzip=True) is first
         assert await cache.get(_snapshot(2, 1), "plain", builds) is plain_only
-        await trio.testing.wait_all_tasks_blocked()
+        await cache.settled()  # the compressing thread is not a blocked task
 
         refreshed = await cache.get(_snapshot(3, 1), "zipped", builds)
         assert refreshed.version == 2
@@ -403,7 +406,7 @@ async def test_a_gzip_only_key_holds_no_plain_form_until_one_is_asked_for(
         await cache.get(_snapshot(2, 1), "k", builds, gzip=True)
         await trio.sleep(MAX_AGE)
         assert await cache.get(_snapshot(3, 1), "k", builds, gzip=True) is zipped
-        await trio.testing.wait_all_tasks_blocked()
+        await cache.settled()
         both = await cache.get(_snapshot(3, 1), "k", builds, gzip=True)
         assert both.version == 3 and both.compressed and both.body == builds.expected(3, 1)
         assert gzip.decompress(b"".join(await both.gzipped(b"t 2\n"))) == both.body + b"t 2\n"
@@ -412,3 +415,33 @@ async def test_a_gzip_only_key_holds_no_plain_form_until_one_is_asked_for(
 def test_an_assembled_body_needs_a_form() -> None:
     with pytest.raises(ValueError, match="plain or its gzip"):
         Assembled()
+
+
+async def test_compression_runs_in_a_worker_thread_a_slice_at_most_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[int, int]] = []  # (thread, input bytes) of every compress call
+
+    class Recording:
+        def __init__(self, compressor: zlib_ng._Compress) -> None:
+            self._compressor = compressor
+
+        def compress(self, data: memoryview) -> bytes:
+            calls.append((threading.get_ident(), len(data)))
+            return self._compressor.compress(data)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._compressor, name)
+
+    original = metrics_cache._gzip_compressor
+    monkeypatch.setattr(metrics_cache, "_gzip_compressor", lambda: Recording(original()))
+    cache = AssemblyCache()
+    builds = Builds(pieces=2, piece_bytes=2 * COMPRESS_SLICE + 1000)
+    async with serving(cache):
+        zipped = await cache.get(_snapshot(1, 1), "k", builds, gzip=True)
+        unzipped = gzip.decompress(b"".join(await zipped.gzipped(b"tail\n")))
+    assert unzipped == builds.expected(1, 1) + b"tail\n"
+    loop_thread = threading.get_ident()
+    assert len(calls) >= 6 and all(thread != loop_thread for thread, _ in calls)
+    assert max(size for _, size in calls) <= COMPRESS_SLICE
+    assert sum(size for _, size in calls) == len(builds.expected(1, 1))
