@@ -18,6 +18,7 @@ from pulse.actors.watcher import run_watcher
 from pulse.config import Config
 from pulse.cri.syncer import run_cri_syncer
 from pulse.logs import get_logger
+from pulse.malloc import memory_trimmer, run_memory_trimmer
 from pulse.model import CacheMessage, SupervisorMessage
 from pulse.snapshot import AgentCounters, Board, CriStatus, Snapshot
 from pulse.web.app import WebState
@@ -47,9 +48,11 @@ async def run_agent(
     config: Config,
     *,
     collector_seed: int | None = None,
+    trim_memory: bool = False,
     task_status: trio.TaskStatus[RunningAgent] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run every actor until cancelled."""
+    """Run every actor until cancelled; with `trim_memory`, hand freed memory back to the
+    system periodically too (see pulse.malloc: a process-wide setting, so the caller's)."""
     started_at = time.time()
     board: Board[Snapshot] = Board(
         Snapshot(0, started_at, False, {}, CriStatus(str(config.runtime_endpoint)), AgentCounters())
@@ -69,6 +72,9 @@ async def run_agent(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(owner.run, cache_inbox, name="cache-owner")
+        trim = memory_trimmer() if trim_memory else None
+        if trim is not None:
+            nursery.start_soon(run_memory_trimmer, trim, name="memory-trimmer")
         # The listener comes up before the watcher: with hundreds of sandboxes present, their
         # first collections would otherwise hold up the server's start (and /readyz) behind
         # them. Until the initial scan is done /readyz says 503.

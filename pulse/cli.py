@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import logging
 import os
@@ -11,30 +10,19 @@ import resource
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 from pulse import __version__
 from pulse.config import Config, ConfigError, add_agent_arguments, build_config
 from pulse.logs import configure, get_logger
+from pulse.malloc import tune_malloc
 
 log = get_logger("main")
 
 EXIT_USAGE = 2
 OPEN_FILES_WHEN_UNLIMITED = 1 << 20
-
-# glibc's mallopt parameters (malloc.h), and the variables that set them from the environment.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-MALLOC_ENVIRONMENT = (
-    "MALLOC_MMAP_THRESHOLD_",
-    "MALLOC_TRIM_THRESHOLD_",
-    "MALLOC_TOP_PAD_",
-    "MALLOC_MMAP_MAX_",
-)
-OWN_MAPPING_FROM = 4 << 20  # bytes: a /metrics body at 200 sandboxes and more
-HEAP_TRIM_THRESHOLD = 32 << 20  # where glibc's own adjustment tops out for such buffers
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,40 +113,6 @@ def raise_open_files_limit() -> tuple[int, int]:
     return soft, wanted
 
 
-def tune_malloc(environ: Mapping[str, str] = os.environ) -> bool:
-    """Give allocations of OWN_MAPPING_FROM bytes and more mappings of their own, so that
-    their memory goes back to the system when they are freed; whether that was done.
-
-    Why: the agent's largest buffers are the /metrics bodies (11 MB at 500 sandboxes), and a
-    new one is built while the old one is still served. glibc's default raises its threshold
-    for such mappings to the size of the first one freed, after which every body lives on the
-    heap, whose free memory is kept: measured at 500 sandboxes under scrape load, the peak
-    resident memory was 7 MiB higher. Smaller buffers (the 256 KiB shim reads, the pieces a
-    body is built from) stay on the heap, where reusing them costs no page faults, and the
-    heap is kept at the trim threshold glibc's own adjustment would have reached.
-
-    Left as it is when the environment sets glibc's malloc variables (the operator's choice)
-    and on C libraries without mallopt.
-    """
-    if any(name in environ for name in MALLOC_ENVIRONMENT):
-        log.debug("malloc tuning left to the environment")
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        log.debug("no mallopt in this C library; malloc left untuned")
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    tuned = bool(
-        mallopt(_M_MMAP_THRESHOLD, OWN_MAPPING_FROM)
-        and mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD)
-    )
-    if not tuned:
-        log.warning("mallopt refused the tuning; large buffers may stay resident once freed")
-    return tuned
-
-
 def freeze_startup_objects() -> int:
     """Exempt everything made so far (modules, classes, functions: about 60,000 objects) from
     the cyclic garbage collector's full passes; how many objects that was.
@@ -190,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = _config_or_exit(args, parser)
     configure(config.log_level, config.log_json)
     raise_open_files_limit()
-    tune_malloc()
+    malloc_tuned = tune_malloc()
     if args.command == "demo":
         from pulse.sim.demo import run_demo
 
@@ -207,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pulse.agent import run_agent
 
     async def agent() -> None:
-        await run_agent(config)
+        await run_agent(config, trim_memory=malloc_tuned)
 
     freeze_startup_objects()
     try:

@@ -1,21 +1,25 @@
-"""Process tuning at start: large buffers go back to the system when freed (tune_malloc), and
-the objects made at start are left out of the garbage collector's full passes."""
+"""Process tuning: large buffers go back to the system when freed (tune_malloc), so does memory
+freed between live blocks (the memory trimmer), and the objects made at start are left out of
+the garbage collector's full passes."""
 
 from __future__ import annotations
 
 import platform
 import subprocess
 import sys
+import threading
 
 import pytest
+import trio
+import trio.testing
 
-from pulse.cli import MALLOC_ENVIRONMENT, tune_malloc
+from pulse.malloc import MALLOC_ENVIRONMENT, memory_trimmer, run_memory_trimmer, tune_malloc
 
 # In a child process: malloc's settings are per process, and the test run's must stay as they
 # are. A 24 MiB buffer is made and freed three times; what stays resident afterwards is printed.
 _SCRIPT = """
 import sys
-from pulse.cli import tune_malloc
+from pulse.malloc import tune_malloc
 
 def resident_kib():
     with open("/proc/self/status") as status:
@@ -59,6 +63,69 @@ def test_freed_large_buffers_go_back_to_the_system_with_the_tuning() -> None:
 @pytest.mark.parametrize("name", MALLOC_ENVIRONMENT)
 def test_the_operators_malloc_settings_win(name: str) -> None:
     assert tune_malloc({name: "65536"}) is False
+
+
+# Blocks of 4 KiB (malloc's, not Python's small-object allocator): nine in ten are freed, so
+# the heap is left full of holes between live blocks, which only a trim gives back.
+_TRIM_SCRIPT = """
+import sys
+from pulse.malloc import memory_trimmer, tune_malloc
+
+def resident_kib():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+
+assert tune_malloc({})
+blocks = [bytes(4096) for _ in range(20_000)]
+live = blocks[::10]
+del blocks
+before = resident_kib()
+if sys.argv[1] == "trim":
+    trim = memory_trimmer({})
+    assert trim is not None
+    trim()
+print(before - resident_kib())
+"""
+
+
+def _given_back(mode: str) -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", _TRIM_SCRIPT, mode], check=True, capture_output=True, text=True
+    ).stdout
+    return int(out) << 10
+
+
+@glibc_only
+def test_memory_freed_between_live_blocks_stays_resident_until_a_trim() -> None:
+    assert _given_back("none") < 4 << 20  # the control: 70 MiB of holes stay
+    assert _given_back("trim") > 40 << 20
+
+
+@pytest.mark.parametrize("name", MALLOC_ENVIRONMENT)
+def test_no_trimming_when_the_operator_tunes_malloc(name: str) -> None:
+    assert memory_trimmer({name: "65536"}) is None
+
+
+async def test_the_trimmer_trims_every_period_in_a_worker_thread(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    reports, trims = trio.open_memory_channel[tuple[float, int]](10)
+
+    def trim() -> None:
+        # Reported from the thread: a task waiting on a worker thread counts as blocked, so
+        # the clock could jump past a trim that was only counted.
+        thread = threading.get_ident()
+        trio.from_thread.run_sync(lambda: reports.send_nowait((trio.current_time(), thread)))
+
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        await nursery.start(run_memory_trimmer, trim, 2.0)
+        seen = [await trims.receive() for _ in range(4)]
+        nursery.cancel_scope.cancel()
+    assert [at - start for at, _ in seen] == pytest.approx([2.0, 4.0, 6.0, 8.0])
+    assert threading.get_ident() not in {thread for _, thread in seen}
 
 
 _FREEZE_SCRIPT = """
