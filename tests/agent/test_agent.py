@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import httpx
 import pytest
 import trio
 
+from pulse.agent import run_agent
+from pulse.malloc import memory_trimmer
 from pulse.sim.bodies import Flavour
 from pulse.sim.fleet import SimSandbox, open_fleet
 from pulse.sim.shim import Behaviour
@@ -38,7 +41,7 @@ async def has_data(client: httpx.AsyncClient, sandbox_id: str) -> bool:
     return line is not None and line.endswith(" 1") and f'name="{sandbox_id}"' in metrics
 
 
-def collector_task_names() -> list[str]:
+def task_names() -> list[str]:
     names = []
     stack = [trio.lowlevel.current_root_task()]
     while stack:
@@ -46,7 +49,11 @@ def collector_task_names() -> list[str]:
         names.append(task.name)
         for nursery in task.child_nurseries:
             stack.extend(nursery.child_tasks)
-    return [name for name in names if name.startswith("collector:")]
+    return names
+
+
+def collector_task_names() -> list[str]:
+    return [name for name in task_names() if name.startswith("collector:")]
 
 
 async def test_discovery_first_metrics_and_removal(sim_dir: Path) -> None:
@@ -281,3 +288,15 @@ async def test_sandboxes_json_is_an_array_with_the_rust_agent_keys(sim_dir: Path
             data = json.loads((await client.get("/sandboxes")).text)
             assert isinstance(data, list) and len(data) == 1
             assert {"sandbox_id", "pod_name", "namespace", "uid"} <= set(data[0])
+
+
+@pytest.mark.skipif(memory_trimmer() is None, reason="no malloc_trim in this C library")
+@pytest.mark.parametrize("trim_memory", [True, False])
+async def test_the_memory_trimmer_runs_only_when_asked(sim_dir: Path, trim_memory: bool) -> None:
+    # The command line asks for it when tune_malloc took (the process's malloc is the agent's).
+    async with open_fleet(sim_dir, seed=1) as fleet:
+        config = agent_config(fleet, sim_dir / "no-cri.sock")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(run_agent, config, trim_memory=trim_memory))
+            assert ("memory-trimmer" in task_names()) is trim_memory
+            nursery.cancel_scope.cancel()
