@@ -70,10 +70,10 @@ def tune_malloc(environ: Mapping[str, str] = os.environ) -> bool:
     return tuned
 
 
-def memory_trimmer(environ: Mapping[str, str] = os.environ) -> Callable[[], object] | None:
-    """glibc's malloc_trim(0), or None where there is none or the operator tunes malloc."""
-    if any(name in environ for name in MALLOC_ENVIRONMENT):
-        return None
+def memory_trimmer() -> Callable[[], object] | None:
+    """glibc's malloc_trim(0), or None where the C library has none. Whether to trim at all
+    is the caller's choice: the command line trims when `tune_malloc` took, so an operator who
+    sets glibc's malloc variables gets neither."""
     try:
         malloc_trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):

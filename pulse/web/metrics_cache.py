@@ -111,7 +111,7 @@ class Assembled:
     # the same snapshot carry the same tail (see WebState.agent_tail), so it is made once per
     # tail (at most once a second) and sent as one piece. A second piece costs every response
     # a pass through the server's send path; at 500 sandboxes the join is a 1.7 MB copy.
-    _gzip_tail: tuple[bytes, bytes] = field(default=(b"", b""), repr=False)
+    _gzip_response: tuple[bytes, bytes] = field(default=(b"", b""), repr=False)
 
     def __post_init__(self) -> None:
         if self.body is None and self._gzip is None:
@@ -135,10 +135,10 @@ class Assembled:
         await self._convert(to_gzip=True)
         gzip_head = self._gzip
         assert gzip_head is not None
-        last_tail, response = self._gzip_tail
+        last_tail, response = self._gzip_response
         if not response or tail != last_tail:
             response = gzip_head.compressed + gzip_head.finish(tail)
-            self._gzip_tail = (tail, response)
+            self._gzip_response = (tail, response)
         return (response,)
 
     async def compress(self) -> None:
@@ -279,9 +279,8 @@ class AssemblyCache:
     async def settled(self) -> None:
         """Wait until no build is in flight, including builds that start meanwhile.
 
-        For whoever must see a refresh through (tests, a shutdown that wants the last body):
-        a build waiting on the compressing thread counts as blocked to Trio, so waiting for
-        all tasks to block does not mean the builds are done."""
+        A build waiting on the compressing thread counts as blocked to Trio, so waiting for all
+        tasks to block (as tests on the mock clock do) does not mean the builds are done."""
         while in_flight := [slot.building for slot in self._slots.values() if slot.building]:
             for build in in_flight:
                 await build.done.wait()

@@ -165,17 +165,23 @@ async def test_a_body_with_malformed_lines_is_checked_whole_at_every_collection(
     assert results[1][1].digest.first_error is not None
 
 
+def _shim_breaking(sim_dir: Path, line_start: bytes, runs: list[int]) -> SimulatedShim:
+    """A shim whose body alternates, run by run, between good and one with the line that
+    starts with `line_start` broken (its label set left unterminated)."""
+    good = SimulatedGuest(SID, Flavour.GO, seed=3).render(1.8e9)
+    assert line_start in good
+    broken = good.replace(line_start, line_start.replace(b'"} ', b"} "))
+    bodies = iter(
+        body for index, run in enumerate(runs) for body in [(good, broken)[index % 2]] * run
+    )
+    (sim_dir / SID).mkdir(parents=True)
+    return SimulatedShim(sim_dir / SID / "shim-monitor.sock", lambda: next(bodies))
+
+
 async def test_a_read_line_that_breaks_between_whole_checks_is_counted_at_once(
     sim_dir: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    guest = SimulatedGuest(SID, Flavour.GO, seed=3)
-    good = guest.render(1.8e9)
-    mem_free = b'kata_guest_meminfo{item="mem_free"} '
-    assert mem_free in good
-    broken = good.replace(mem_free, mem_free.replace(b'"} ', b"} "))
-    bodies = iter([good] * 4 + [broken] * 2 + [good] * 2)
-    (sim_dir / SID).mkdir(parents=True)
-    shim = SimulatedShim(sim_dir / SID / "shim-monitor.sock", lambda: next(bodies))
+    shim = _shim_breaking(sim_dir, b'kata_guest_meminfo{item="mem_free"} ', [4, 2, 2])
     settings = CollectorSettings(interval=10.0, timeout=3.0, max_body=1 << 24)
     results = [message for _, message in await _collections(shim, settings, 8)]
     # Well within WHOLE_BODY_CHECK_EVERY: the unvalidated reading missed mem_free, so the
@@ -189,14 +195,7 @@ async def test_a_read_line_that_breaks_between_whole_checks_is_counted_at_once(
 async def test_an_unread_line_that_breaks_waits_for_the_next_whole_check(
     sim_dir: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    guest = SimulatedGuest(SID, Flavour.GO, seed=3)
-    good = guest.render(1.8e9)
-    unread = b'kata_guest_vm_stat{item="nr_free_pages"} '
-    assert unread in good
-    broken = good.replace(unread, unread.replace(b'"} ', b"} "))
-    bodies = iter([good] * 2 + [broken] * 6)
-    (sim_dir / SID).mkdir(parents=True)
-    shim = SimulatedShim(sim_dir / SID / "shim-monitor.sock", lambda: next(bodies))
+    shim = _shim_breaking(sim_dir, b'kata_guest_vm_stat{item="nr_free_pages"} ', [2, 6])
     interval = WHOLE_BODY_CHECK_EVERY / 4
     settings = CollectorSettings(interval=interval, timeout=3.0, max_body=1 << 24)
     results = [message for _, message in await _collections(shim, settings, 8)]

@@ -13,20 +13,23 @@ import pytest
 import trio
 import trio.testing
 
-from pulse.malloc import MALLOC_ENVIRONMENT, memory_trimmer, run_memory_trimmer, tune_malloc
+from pulse.malloc import MALLOC_ENVIRONMENT, run_memory_trimmer, tune_malloc
 
-# In a child process: malloc's settings are per process, and the test run's must stay as they
-# are. A 24 MiB buffer is made and freed three times; what stays resident afterwards is printed.
-_SCRIPT = """
+# Each script runs in a child process: malloc's settings are per process, and the test run's
+# must stay as they are. Each prints a resident-memory difference in KiB.
+_PRELUDE = """
 import sys
-from pulse.malloc import tune_malloc
+from pulse.malloc import memory_trimmer, tune_malloc
 
 def resident_kib():
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
+"""
 
+# A 24 MiB buffer is made and freed three times; what stays resident afterwards.
+_FREE_SCRIPT = """
 if sys.argv[1] == "tuned":
     assert tune_malloc({})
 before = resident_kib()
@@ -41,11 +44,15 @@ glibc_only = pytest.mark.skipif(
 )
 
 
-def _kept_after_freeing(mode: str) -> int:
+def _child_bytes(script: str, mode: str) -> int:
     out = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, mode], check=True, capture_output=True, text=True
+        [sys.executable, "-c", _PRELUDE + script, mode], check=True, capture_output=True, text=True
     ).stdout
     return int(out) << 10
+
+
+def _kept_after_freeing(mode: str) -> int:
+    return _child_bytes(_FREE_SCRIPT, mode)
 
 
 @glibc_only
@@ -68,22 +75,13 @@ def test_the_operators_malloc_settings_win(name: str) -> None:
 # Blocks of 4 KiB (malloc's, not Python's small-object allocator): nine in ten are freed, so
 # the heap is left full of holes between live blocks, which only a trim gives back.
 _TRIM_SCRIPT = """
-import sys
-from pulse.malloc import memory_trimmer, tune_malloc
-
-def resident_kib():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-
 assert tune_malloc({})
 blocks = [bytes(4096) for _ in range(20_000)]
 live = blocks[::10]
 del blocks
 before = resident_kib()
 if sys.argv[1] == "trim":
-    trim = memory_trimmer({})
+    trim = memory_trimmer()
     assert trim is not None
     trim()
 print(before - resident_kib())
@@ -91,21 +89,13 @@ print(before - resident_kib())
 
 
 def _given_back(mode: str) -> int:
-    out = subprocess.run(
-        [sys.executable, "-c", _TRIM_SCRIPT, mode], check=True, capture_output=True, text=True
-    ).stdout
-    return int(out) << 10
+    return _child_bytes(_TRIM_SCRIPT, mode)
 
 
 @glibc_only
 def test_memory_freed_between_live_blocks_stays_resident_until_a_trim() -> None:
     assert _given_back("none") < 4 << 20  # the control: 70 MiB of holes stay
     assert _given_back("trim") > 40 << 20
-
-
-@pytest.mark.parametrize("name", MALLOC_ENVIRONMENT)
-def test_no_trimming_when_the_operator_tunes_malloc(name: str) -> None:
-    assert memory_trimmer({name: "65536"}) is None
 
 
 async def test_the_trimmer_trims_every_period_in_a_worker_thread(
