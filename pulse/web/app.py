@@ -9,16 +9,26 @@ from typing import Any
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
+from werkzeug.datastructures import Headers
 from zlib_ng import zlib_ng
 
 from pulse import __version__
 from pulse.config import Config
-from pulse.ids import is_sandbox_id
 from pulse.katamon import parse_filter_family
-from pulse.pipeline import cadvisor_pieces, kata_pieces
+from pulse.pipeline import kata_pieces
 from pulse.selfmetrics import WebCounters, render_agent_state, render_web
 from pulse.snapshot import Reader, SandboxView, Snapshot
 from pulse.web.metrics_cache import GZIP_LEVEL, GZIP_WBITS, Assembled, AssemblyCache, Body
+from pulse.web.scrape import (
+    PLAIN_TEXT,
+    PROMETHEUS_TEXT,
+    Reply,
+    ScrapeFastPath,
+    accepts_gzip,
+    cadvisor_reply,
+    metrics_reply,
+    sandbox_choice,
+)
 from pulse.web.stream import (
     dashboard_page,
     prefers_html,
@@ -26,9 +36,7 @@ from pulse.web.stream import (
     register_stream,
 )
 
-PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 TAIL_MAX_AGE = 1.0  # seconds the agent-wide tail is reused while the snapshot stays the same
-PLAIN_TEXT = "text/plain; charset=utf-8"
 
 ENDPOINTS = (
     ("/metrics", "cAdvisor-compatible metrics of every Kata pod, plus kata_pulse_* (?sandbox=ID)"),
@@ -51,6 +59,11 @@ class WebState:
         self.assembly = assembly if assembly is not None else AssemblyCache()
         self._tail: tuple[int, float, bytes] = (-1, 0.0, b"")
         self.kata_renders = trio.CapacityLimiter(1)  # see _streamed_kata
+
+    def count(self, handler: str, status: int) -> None:
+        """One answered request, by route (its rule, or "other") and status."""
+        key = (handler, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
 
     def counters(self) -> WebCounters:
         return WebCounters(dict(self.requests), self.websocket_clients)
@@ -76,24 +89,14 @@ def _text(body: str, status: int = 200) -> Response:
     return Response(body if body.endswith("\n") else body + "\n", status, content_type=PLAIN_TEXT)
 
 
-def _accepts_gzip() -> bool:
-    for part in request.headers.get("Accept-Encoding", "").split(","):
-        coding, _, params = part.strip().partition(";")
-        if coding.strip().lower() == "gzip" and params.replace(" ", "") not in ("q=0", "q=0.0"):
-            return True
-    return False
+def _accept_encoding() -> str:
+    return ",".join(request.headers.getlist("Accept-Encoding"))
 
 
-async def _metrics_response(assembled: Assembled, tail: bytes = b"") -> Response:
-    headers = {"Vary": "Accept-Encoding"}
-    if _accepts_gzip():
-        headers["Content-Encoding"] = "gzip"
-        pieces = await assembled.gzipped(tail)
-    else:
-        pieces = await assembled.plain(tail)
+def _response(reply: Reply) -> Response:
+    headers = Headers([(name.decode(), value.decode()) for name, value in reply.headers])
     # Sent as its pieces: joining the body and the tail would copy megabytes per response.
-    headers["Content-Length"] = str(sum(map(len, pieces)))
-    return Response(_stream(pieces), 200, content_type=PROMETHEUS_TEXT, headers=headers)
+    return Response(_stream(reply.pieces), reply.status, headers=headers)
 
 
 async def _streamed_kata(
@@ -125,19 +128,9 @@ async def _stream(pieces: Body) -> AsyncIterator[bytes]:
         yield piece
 
 
-def _sandbox_query(snapshot: Snapshot) -> tuple[str | None, Response | None]:
+def _sandbox_query(snapshot: Snapshot) -> tuple[str | None, Reply | None]:
     """The ?sandbox= of this request: (None, None) if absent, or (id, None), or (None, error)."""
-    values = request.args.getlist("sandbox")
-    if not values:
-        return None, None
-    if len(values) > 1:
-        return None, _text("error: give ?sandbox= at most once", 400)
-    sandbox_id = values[0]
-    if not is_sandbox_id(sandbox_id):
-        return None, _text("error: malformed sandbox id in ?sandbox=", 400)
-    if sandbox_id not in snapshot.sandboxes:
-        return None, _text(f"error: unknown sandbox {sandbox_id}", 404)
-    return sandbox_id, None
+    return sandbox_choice(request.args.getlist("sandbox"), snapshot)
 
 
 def sandbox_json(view: SandboxView) -> dict[str, Any]:
@@ -199,9 +192,7 @@ def create_app(config: Config, board: Reader[Snapshot], web: WebState) -> QuartT
     @app.after_request
     async def count_request(response: Response) -> Response:
         rule = request.url_rule
-        handler = rule.rule if rule is not None else "other"
-        key = (handler, response.status_code)
-        web.requests[key] = web.requests.get(key, 0) + 1
+        web.count(rule.rule if rule is not None else "other", response.status_code)
         return response
 
     @app.get("/")
@@ -225,18 +216,14 @@ def create_app(config: Config, board: Reader[Snapshot], web: WebState) -> QuartT
         return _text("ready")
 
     async def cadvisor_metrics() -> Response:
-        snapshot = board.current
-        sandbox_id, error = _sandbox_query(snapshot)
-        if error is not None:
-            return error
-        assembled = await web.assembly.get(
-            snapshot,
-            ("cadvisor", sandbox_id),
-            lambda s: cadvisor_pieces(s, sandbox_id),
-            gzip=_accepts_gzip(),
+        reply = await cadvisor_reply(
+            web.assembly,
+            web.agent_tail,
+            board.current,
+            request.args.getlist("sandbox"),
+            _accept_encoding(),
         )
-        tail = web.agent_tail(snapshot) if sandbox_id is None else b""
-        return await _metrics_response(assembled, tail)
+        return _response(reply)
 
     app.add_url_rule("/metrics", "metrics", cadvisor_metrics, methods=["GET"])
     app.add_url_rule("/metrics/cadvisor", "metrics_cadvisor", cadvisor_metrics, methods=["GET"])
@@ -246,14 +233,16 @@ def create_app(config: Config, board: Reader[Snapshot], web: WebState) -> QuartT
         snapshot = board.current
         sandbox_id, error = _sandbox_query(snapshot)
         if error is not None:
-            return error
+            return _response(error)
+        gzipped = accepts_gzip(_accept_encoding())
         if sandbox_id is not None:
             kept = snapshot.sandboxes[sandbox_id].raw_body
             if kept is None:
                 return _text(f"error: no fresh data for sandbox {sandbox_id}", 503)
-            return await _metrics_response(Assembled(kept.raw()))
+            assembled = Assembled(kept.raw())
+            pieces = await (assembled.gzipped() if gzipped else assembled.plain())
+            return _response(metrics_reply(pieces, gzipped))
         prefixes = parse_filter_family(",".join(request.args.getlist("filter_family")))
-        gzipped = _accepts_gzip()
         headers = {"Vary": "Accept-Encoding"}
         if gzipped:
             headers["Content-Encoding"] = "gzip"
@@ -268,4 +257,12 @@ def create_app(config: Config, board: Reader[Snapshot], web: WebState) -> QuartT
 
     register_dashboard_assets(app)
     register_stream(app, config, board, web)
+    app.asgi_app = ScrapeFastPath(  # type: ignore[method-assign]  # Quart's documented way
+        app.asgi_app,
+        board,
+        web.assembly,
+        web.agent_tail,
+        web.count,
+        app.config["RESPONSE_TIMEOUT"],
+    )
     return app

@@ -20,6 +20,7 @@ FIGURES = (
     "/metrics latency, 4 concurrent scrapers, plain (p50 / p99)",
     "/metrics throughput vs bare Hypercorn + Quart-Trio, gzip",
     "/metrics throughput vs bare Hypercorn + Quart-Trio, plain",
+    "stricter: /metrics throughput vs a bare ASGI route on Hypercorn (no Quart), gzip / plain",
     "agent resident memory at N = 10 (median / peak)",
     "agent resident memory at N = 20 (median / peak)",
     "discovery latency → /sandboxes (p50 / p99)",

@@ -1,0 +1,167 @@
+"""The cAdvisor scrape routes: their answer, and the fast path that sends it without Quart.
+
+Prometheus asks for /metrics/cadvisor (or /metrics) with a plain GET, as often as it is told
+to, and so do the dashboards' ad hoc scrapes behind it. Through Quart-Trio a request costs a
+nursery and two tasks, a Request with parsed headers, pushed contexts, signals and hooks before
+a byte of the body is sent. Measured on Hypercorn's trio worker with 4 concurrent scrapers and a
+1.7 MB gzip body, a bare ASGI route answers 15 to 20% more requests a second than a bare
+Quart-Trio route with the same bytes.
+
+So `ScrapeFastPath`, an ASGI middleware in front of the Quart app (`app.asgi_app`), answers
+exactly those requests itself: GET on the two paths, no query string, no request body. Anything
+else (HEAD, ?sandbox=, another method, every other route) goes on to Quart. Both build their
+answer with `cadvisor_reply`; they differ only in how it is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
+
+from pulse.ids import is_sandbox_id
+from pulse.pipeline import cadvisor_pieces
+from pulse.snapshot import Reader, Snapshot
+from pulse.web.metrics_cache import AssemblyCache, AssemblyFailed, Body
+
+PROMETHEUS_TEXT: Final = "text/plain; version=0.0.4; charset=utf-8"
+PLAIN_TEXT: Final = "text/plain; charset=utf-8"
+SCRAPE_PATHS: Final = frozenset({"/metrics", "/metrics/cadvisor"})
+
+AsgiApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Awaitable[None]]
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding value (all of the request's, comma-joined) takes gzip."""
+    for part in accept_encoding.split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip().lower() == "gzip" and params.replace(" ", "") not in ("q=0", "q=0.0"):
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A whole answer, transport aside: status, headers (Content-Length included), body."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    pieces: Body  # sent one after the other, never joined
+
+    @classmethod
+    def text(cls, message: str, status: int) -> Reply:
+        body = (message if message.endswith("\n") else message + "\n").encode()
+        headers = ((b"content-type", PLAIN_TEXT.encode()), (b"content-length", b"%d" % len(body)))
+        return cls(status, headers, (body,))
+
+
+def sandbox_choice(values: list[str], snapshot: Snapshot) -> tuple[str | None, Reply | None]:
+    """The ?sandbox= values of a request: (None, None) if none, or (id, None), or (None, error)."""
+    if not values:
+        return None, None
+    if len(values) > 1:
+        return None, Reply.text("error: give ?sandbox= at most once", 400)
+    sandbox_id = values[0]
+    if not is_sandbox_id(sandbox_id):
+        return None, Reply.text("error: malformed sandbox id in ?sandbox=", 400)
+    if sandbox_id not in snapshot.sandboxes:
+        return None, Reply.text(f"error: unknown sandbox {sandbox_id}", 404)
+    return sandbox_id, None
+
+
+def metrics_reply(pieces: Body, gzipped: bool) -> Reply:
+    """A 200 with a Prometheus text body, gzip-encoded if `gzipped`."""
+    headers = [(b"content-type", PROMETHEUS_TEXT.encode()), (b"vary", b"Accept-Encoding")]
+    if gzipped:
+        headers.append((b"content-encoding", b"gzip"))
+    headers.append((b"content-length", b"%d" % sum(map(len, pieces))))
+    return Reply(200, tuple(headers), pieces)
+
+
+async def cadvisor_reply(
+    assembly: AssemblyCache,
+    agent_tail: Callable[[Snapshot], bytes],
+    snapshot: Snapshot,
+    sandbox_values: list[str],
+    accept_encoding: str,
+) -> Reply:
+    """The answer to a scrape of /metrics or /metrics/cadvisor taken at `snapshot`."""
+    sandbox_id, error = sandbox_choice(sandbox_values, snapshot)
+    if error is not None:
+        return error
+    gzipped = accepts_gzip(accept_encoding)
+    try:
+        assembled = await assembly.get(
+            snapshot,
+            ("cadvisor", sandbox_id),
+            lambda s: cadvisor_pieces(s, sandbox_id),
+            gzip=gzipped,
+        )
+    except AssemblyFailed:
+        # The build logged its traceback once; every request that waited on it lands here.
+        return Reply.text("error: assembling the metrics failed, see the agent's log", 500)
+    tail = agent_tail(snapshot) if sandbox_id is None else b""
+    pieces = await (assembled.gzipped(tail) if gzipped else assembled.plain(tail))
+    return metrics_reply(pieces, gzipped)
+
+
+class ScrapeFastPath:
+    """ASGI middleware: plain scrapes of SCRAPE_PATHS answered here, the rest by `inner`."""
+
+    def __init__(
+        self,
+        inner: AsgiApp,
+        board: Reader[Snapshot],
+        assembly: AssemblyCache,
+        agent_tail: Callable[[Snapshot], bytes],
+        count: Callable[[str, int], None],
+        response_timeout: float | None,
+    ) -> None:
+        self.inner = inner
+        self._board = board
+        self._assembly = assembly
+        self._agent_tail = agent_tail
+        self._count = count
+        self._response_timeout = response_timeout
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        accept_encoding = _plain_scrape(scope) if scope["type"] == "http" else None
+        if scope["type"] != "http" or accept_encoding is None:
+            await self.inner(scope, receive, send)
+            return
+        reply = await cadvisor_reply(
+            self._assembly, self._agent_tail, self._board.current, [], accept_encoding
+        )
+        self._count(scope["path"], reply.status)
+        # As Quart-Trio bounds sending a response (its RESPONSE_TIMEOUT).
+        with trio.move_on_after(
+            self._response_timeout if self._response_timeout is not None else float("inf")
+        ):
+            await send(
+                {"type": "http.response.start", "status": reply.status, "headers": reply.headers}
+            )
+            for piece in reply.pieces:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _plain_scrape(scope: HTTPScope) -> str | None:
+    """For a request the fast path answers, its Accept-Encoding (comma-joined); else None.
+
+    A request with a body is left to Quart: it reads (and bounds) request bodies, and a body
+    nobody reads would hold the connection.
+    """
+    if scope["method"] != "GET" or scope["path"] not in SCRAPE_PATHS or scope["query_string"]:
+        return None
+    encodings = []
+    for name, value in scope["headers"]:
+        if name == b"accept-encoding":
+            encodings.append(value.decode("latin-1"))
+        elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return None
+    return ",".join(encodings)
