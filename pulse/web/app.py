@@ -1,4 +1,5 @@
-"""The HTTP surface: a Quart-Trio app that only reads published snapshots."""
+"""The HTTP surface: a Quart-Trio app that only reads published snapshots (plain scrapes are
+answered in front of it by the ASGI fast path, pulse/web/scrape.py)."""
 
 from __future__ import annotations
 
