@@ -145,9 +145,12 @@ class ScrapeFastPath:
             await send(
                 {"type": "http.response.start", "status": reply.status, "headers": reply.headers}
             )
-            for piece in reply.pieces:
+            # The last piece ends the response: no empty message after it (Quart sends one),
+            # each message being a pass through the server's send path.
+            *pieces, last = reply.pieces or (b"",)
+            for piece in pieces:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
 def _plain_scrape(scope: HTTPScope) -> str | None:
