@@ -264,6 +264,6 @@ def create_app(config: Config, board: Reader[Snapshot], web: WebState) -> QuartT
         web.assembly,
         web.agent_tail,
         web.count,
-        app.config["RESPONSE_TIMEOUT"],
+        lambda: app.config["RESPONSE_TIMEOUT"],
     )
     return app

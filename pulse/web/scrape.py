@@ -8,9 +8,9 @@ a byte of the body is sent. Measured on Hypercorn's trio worker with 4 concurren
 Quart-Trio route with the same bytes.
 
 So `ScrapeFastPath`, an ASGI middleware in front of the Quart app (`app.asgi_app`), answers
-exactly those requests itself: GET on the two paths, no query string, no request body. Anything
-else (HEAD, ?sandbox=, another method, every other route) goes on to Quart. Both build their
-answer with `cadvisor_reply`; they differ only in how it is sent.
+exactly those requests itself: an HTTP/1 GET on the two paths, with no query string and no
+request body. Anything else (HEAD, ?sandbox=, another method, HTTP/2, every other route) goes
+on to Quart. Both build their answer with `cadvisor_reply`; they differ only in how it is sent.
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
 from pulse.ids import is_sandbox_id
+from pulse.logs import get_logger
 from pulse.pipeline import cadvisor_pieces
 from pulse.snapshot import Reader, Snapshot
 from pulse.web.metrics_cache import AssemblyCache, AssemblyFailed, Body
+
+log = get_logger("web.scrape")
 
 PROMETHEUS_TEXT: Final = "text/plain; version=0.0.4; charset=utf-8"
 PLAIN_TEXT: Final = "text/plain; charset=utf-8"
@@ -100,11 +103,15 @@ async def cadvisor_reply(
             lambda s: cadvisor_pieces(s, sandbox_id),
             gzip=gzipped,
         )
+        tail = agent_tail(snapshot) if sandbox_id is None else b""
+        pieces = await (assembled.gzipped(tail) if gzipped else assembled.plain(tail))
     except AssemblyFailed:
         # The build logged its traceback once; every request that waited on it lands here.
         return Reply.text("error: assembling the metrics failed, see the agent's log", 500)
-    tail = agent_tail(snapshot) if sandbox_id is None else b""
-    pieces = await (assembled.gzipped(tail) if gzipped else assembled.plain(tail))
+    except Exception:
+        # A bug, not bad input: the same clear answer on both paths, and the traceback.
+        log.error("answering a scrape failed", exc_info=True)
+        return Reply.text("error: answering the scrape failed, see the agent's log", 500)
     return metrics_reply(pieces, gzipped)
 
 
@@ -118,7 +125,7 @@ class ScrapeFastPath:
         assembly: AssemblyCache,
         agent_tail: Callable[[Snapshot], bytes],
         count: Callable[[str, int], None],
-        response_timeout: float | None,
+        response_timeout: Callable[[], float | None],
     ) -> None:
         self.inner = inner
         self._board = board
@@ -138,10 +145,9 @@ class ScrapeFastPath:
             self._assembly, self._agent_tail, self._board.current, [], accept_encoding
         )
         self._count(scope["path"], reply.status)
-        # As Quart-Trio bounds sending a response (its RESPONSE_TIMEOUT).
-        with trio.move_on_after(
-            self._response_timeout if self._response_timeout is not None else float("inf")
-        ):
+        # As Quart-Trio bounds sending a response (its RESPONSE_TIMEOUT, read per request).
+        timeout = self._response_timeout()
+        with trio.move_on_after(timeout if timeout is not None else float("inf")):
             await send(
                 {"type": "http.response.start", "status": reply.status, "headers": reply.headers}
             )
@@ -157,9 +163,15 @@ def _plain_scrape(scope: HTTPScope) -> str | None:
     """For a request the fast path answers, its Accept-Encoding (comma-joined); else None.
 
     A request with a body is left to Quart: it reads (and bounds) request bodies, and a body
-    nobody reads would hold the connection.
+    nobody reads would hold the connection. So is every HTTP/2 request: its body comes in
+    frames that no header announces.
     """
-    if scope["method"] != "GET" or scope["path"] not in SCRAPE_PATHS or scope["query_string"]:
+    if (
+        scope["method"] != "GET"
+        or scope["path"] not in SCRAPE_PATHS
+        or scope["query_string"]
+        or scope["http_version"] not in ("1.1", "1.0")
+    ):
         return None
     encodings = []
     for name, value in scope["headers"]:

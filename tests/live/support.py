@@ -13,8 +13,6 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
@@ -25,6 +23,7 @@ from pulse.sim.cri import SimulatedCri
 from pulse.sim.fleet import SimulatedFleet, open_fleet
 from pulse.snapshot import AgentCounters, Board, CriStatus, LiveStats, SandboxView, Snapshot
 from pulse.web.app import WebState, create_app
+from pulse.web.server import serve_app
 from pulse.web.stream import StreamLimits, abort_stalled_peers, register_stream
 
 GO_ROOT = Path("/run/vc/sbs")
@@ -142,16 +141,10 @@ async def serve_loopback(
             abort_stalled_peers(sock, abort_stalled_after)
         sock.listen(hconfig.backlog)
 
-    async def serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
-        await worker_serve(
-            wrap_app(app, hconfig.wsgi_max_body_size, None),
-            hconfig,
-            sockets=sockets,
-            task_status=task_status,
-        )
-
     async with trio.open_nursery() as nursery:
-        addresses = await nursery.start(serve)
+        addresses = await nursery.start(
+            lambda task_status: serve_app(app, hconfig, sockets, task_status=task_status)
+        )
         task_status.started(addresses[0])
 
 

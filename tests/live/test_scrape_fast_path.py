@@ -4,11 +4,15 @@ every other request still goes through Quart."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 import trio
@@ -19,7 +23,8 @@ from pulse.config import Config
 from pulse.snapshot import Snapshot
 from pulse.web.app import WebState, create_app
 from pulse.web.metrics_cache import Assembled, AssemblyCache, AssemblyFailed, Build
-from pulse.web.scrape import ScrapeFastPath, accepts_gzip
+from pulse.web.scrape import PROMETHEUS_TEXT, ScrapeFastPath, accepts_gzip
+from tests.helpers import eventually
 
 from .support import Publisher, make_view, sandbox_id, serve_loopback
 
@@ -84,12 +89,12 @@ def _same_answer(fast: httpx.Response, quart: httpx.Response) -> None:
     assert fast.status_code == quart.status_code
     fast_headers = {k: v for k, v in fast.headers.items() if k != "date"}
     quart_headers = {k: v for k, v in quart.headers.items() if k != "date"}
-    if fast.headers.get("content-encoding") == "gzip":
-        # Content-Length differs with the tail's compressed size; the encoding must not.
-        for response, headers in ((fast, fast_headers), (quart, quart_headers)):
-            length = int(headers.pop("content-length"))
-            if response.request.method != "HEAD":
-                assert length == response.num_bytes_downloaded
+    # Content-Length can differ with the tail (its request counters, and their compressed
+    # size): each must be its own body's.
+    for response, headers in ((fast, fast_headers), (quart, quart_headers)):
+        length = int(headers.pop("content-length"))
+        if response.request.method != "HEAD":
+            assert length == response.num_bytes_downloaded
     assert fast_headers == quart_headers
     assert _without_request_counts(fast.content) == _without_request_counts(quart.content)
 
@@ -140,15 +145,104 @@ async def test_everything_else_still_goes_through_quart() -> None:
         assert one.encode() in single.content and sandbox_id(2).encode() not in single.content
         with_body = await served.fast("GET", "/metrics", content=b"hello")
         assert with_body.status_code == 200
+        chunked = await served.fast("GET", "/metrics", content=_pieces(b"hel", b"lo"))
+        assert chunked.request.headers["transfer-encoding"] == "chunked"
+        assert chunked.status_code == 200
         posted = await served.fast("POST", "/metrics")
         assert posted.status_code == 405
         assert "GET" in posted.headers["allow"]
         assert served.through_quart == [
             *(f"{method} {target}" for method, target, _ in requests),
             f"GET /metrics?sandbox={one}",
-            "GET /metrics",  # the request with a body
+            "GET /metrics",  # the request with a Content-Length body
+            "GET /metrics",  # the chunked one
             "POST /metrics",
         ]
+
+
+async def _pieces(*pieces: bytes) -> AsyncIterator[bytes]:
+    # A body of unknown length: httpx sends it chunked.
+    for piece in pieces:
+        yield piece
+
+
+@dataclass
+class Http2Answer:
+    status: int | None
+    headers: dict[bytes, bytes]
+    body: bytes
+
+
+async def http2_get(
+    url: str, path: str, headers: dict[str, str], *, body_frames: int = 0
+) -> Http2Answer:
+    """One cleartext HTTP/2 GET (prior knowledge, as `curl --http2-prior-knowledge` sends it),
+    with `body_frames` one-byte DATA frames after the headers; what came back in 5 s."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    request = [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", host)]
+    connection.send_headers(1, [*request, *headers.items()], end_stream=not body_frames)
+    for index in range(body_frames):
+        connection.send_data(1, b"x", end_stream=index == body_frames - 1)
+    answer = Http2Answer(None, {}, b"")
+    async with stream:
+        await stream.send_all(connection.data_to_send())
+        with trio.move_on_after(5):
+            while True:
+                data = await stream.receive_some()
+                if not data:
+                    break
+                for event in connection.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        answer.headers = dict(event.headers)
+                        answer.status = int(answer.headers[b":status"])
+                    elif isinstance(event, h2.events.DataReceived):
+                        answer.body += event.data
+                        connection.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                    elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                        return answer
+                await stream.send_all(connection.data_to_send())
+    return answer
+
+
+async def test_http2_scrapes_go_through_quart() -> None:
+    """An HTTP/2 request's body comes in frames no header announces; the fast path, which does
+    not read bodies, leaves every HTTP/2 request to Quart."""
+    publisher, web = _publisher(), WebState()
+    async with served_app(publisher, web) as served:
+        url = str(served.client.base_url)
+        answer = await http2_get(url, "/metrics", {"accept-encoding": "identity"})
+        assert answer.status == 200
+        assert answer.headers[b"content-type"] == PROMETHEUS_TEXT.encode()
+        assert int(answer.headers[b"content-length"]) == len(answer.body)
+        assert answer.body.startswith(b"# HELP container_memory_rss")
+        assert served.through_quart == ["GET /metrics"]
+
+
+async def test_a_connection_that_breaks_the_servers_protocol_code_ends_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Hypercorn 0.18 raises KeyError when an HTTP/2 request's body is still arriving after its
+    response is complete (Hypercorn #329). That connection ends; the server serves on."""
+    publisher, web = _publisher(), WebState()
+    async with served_app(publisher, web) as served:
+        url = str(served.client.base_url)
+        answer = await http2_get(url, "/healthz", {}, body_frames=30)
+        assert answer.status == 200
+
+        async def contained() -> logging.LogRecord | None:
+            # The connection's task may end after the client has its answer.
+            message = "http connection ended by an error in the server's protocol handling"
+            return next((r for r in caplog.records if r.getMessage() == message), None)
+
+        record = await eventually(contained)
+        assert "KeyError" in record.pulse_fields["error"]  # type: ignore[attr-defined]
+        assert (await served.fast("GET", "/healthz")).status_code == 200
+        assert (await http2_get(url, "/healthz", {})).status == 200
 
 
 class _FailingAssembly(AssemblyCache):
@@ -160,15 +254,35 @@ class _FailingAssembly(AssemblyCache):
         raise AssemblyFailed(f"assembling {key!r} failed")
 
 
-async def test_a_failed_build_is_a_clear_500_on_both_paths() -> None:
-    publisher, web = _publisher(), WebState(_FailingAssembly())
-    async with served_app(publisher, web) as served:
+class _BrokenTail(WebState):
+    """A web state whose agent-wide tail cannot be rendered: a bug, not a failed build."""
+
+    def agent_tail(self, snapshot: Snapshot) -> bytes:
+        raise RuntimeError("the tail broke")
+
+
+@pytest.mark.parametrize(
+    ("web", "message"),
+    [
+        (WebState(_FailingAssembly()), "error: assembling the metrics failed, see the agent's log"),
+        (_BrokenTail(), "error: answering the scrape failed, see the agent's log"),
+    ],
+    ids=["failed build", "another error"],
+)
+async def test_a_failure_is_the_same_clear_500_on_both_paths(
+    web: WebState, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with served_app(_publisher(), web) as served:
         for ask in (served.fast, served.quart_only):
             response = await ask("GET", "/metrics", headers=GZIP)
             assert response.status_code == 500
             assert response.headers["content-type"].startswith("text/plain")
-            assert response.text == "error: assembling the metrics failed, see the agent's log\n"
+            assert response.text == message + "\n"
+        assert served.through_quart == []
     assert web.requests[("/metrics", 500)] == 2
+    if isinstance(web, _BrokenTail):
+        logged = [r for r in caplog.records if r.getMessage() == "answering a scrape failed"]
+        assert len(logged) == 2 and all(r.exc_info for r in logged)
 
 
 @pytest.mark.parametrize(
