@@ -21,7 +21,6 @@ from pulse.selfmetrics import WebCounters, render_agent_state, render_web
 from pulse.snapshot import Reader, SandboxView, Snapshot
 from pulse.web.metrics_cache import GZIP_LEVEL, GZIP_WBITS, Assembled, AssemblyCache, Body
 from pulse.web.scrape import (
-    PLAIN_TEXT,
     PROMETHEUS_TEXT,
     Reply,
     ScrapeFastPath,
@@ -87,7 +86,7 @@ class WebState:
 
 
 def _text(body: str, status: int = 200) -> Response:
-    return Response(body if body.endswith("\n") else body + "\n", status, content_type=PLAIN_TEXT)
+    return _response(Reply.text(body, status))
 
 
 def _accept_encoding() -> str:
@@ -127,11 +126,6 @@ async def _stream(pieces: Body) -> AsyncIterator[bytes]:
     # An async iterator: Quart runs a plain iterable's steps in worker threads.
     for piece in pieces:
         yield piece
-
-
-def _sandbox_query(snapshot: Snapshot) -> tuple[str | None, Reply | None]:
-    """The ?sandbox= of this request: (None, None) if absent, or (id, None), or (None, error)."""
-    return sandbox_choice(request.args.getlist("sandbox"), snapshot)
 
 
 def sandbox_json(view: SandboxView) -> dict[str, Any]:
@@ -232,7 +226,7 @@ def create_app(config: Config, board: Reader[Snapshot], web: WebState) -> QuartT
     @app.get("/metrics/kata")
     async def kata_metrics() -> Response:
         snapshot = board.current
-        sandbox_id, error = _sandbox_query(snapshot)
+        sandbox_id, error = sandbox_choice(request.args.getlist("sandbox"), snapshot)
         if error is not None:
             return _response(error)
         gzipped = accepts_gzip(_accept_encoding())
