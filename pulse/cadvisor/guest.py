@@ -132,12 +132,7 @@ def extract_guest(parsed: ParsedBody, disk_exclude: re.Pattern[str] | None = Non
     if (disk_family := families.get(DISKSTAT_FAMILY)) is not None:
         where: dict[str, tuple[str, ...]] = {"item": DISKSTAT_ITEMS}
         if disk_exclude is not None:
-            devices = (
-                disk
-                for (disk, _), _ in disk_family.index(
-                    "disk", "item", where={"item": ("reads",)}
-                ).items()
-            )
+            devices = disk_family.label_values("disk", where=("item", "reads"))
             where["disk"] = tuple(disk for disk in devices if not disk_exclude.search(disk))
         diskstat = _nested(disk_family.index("disk", "item", where=where))
 

@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 FIGURES = (
     "agent CPU time per sandbox per collection cycle",
+    "reference: one sandbox's digest and render in-process, CPU back to back / each after a "
+    "5 ms pause (the host's charge for work in bursts)",
     "/metrics latency, 4 concurrent scrapers, gzip (p50 / p99)",
     "/metrics latency, 4 concurrent scrapers, plain (p50 / p99)",
     "/metrics throughput vs bare Hypercorn + Quart-Trio, gzip",

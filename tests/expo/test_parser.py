@@ -209,6 +209,81 @@ def test_index_falls_back_when_a_shim_orders_labels_differently() -> None:
     }
 
 
+def _diskstat(lines: list[tuple[str, str, str]]) -> Family:
+    body = "# HELP kata_guest_diskstat Disks.\n# TYPE kata_guest_diskstat gauge\n" + "".join(
+        f'kata_guest_diskstat{{disk="{disk}",item="{item}"}} {value}\n'
+        for disk, item, value in lines
+    )
+    return parse(body).families["kata_guest_diskstat"]
+
+
+def _label_values_by_index(family: Family) -> list[str]:
+    return [disk for disk, _ in family.index("disk", "item", where={"item": ["reads"]})]
+
+
+def test_label_values_lists_each_value_once_in_body_order() -> None:
+    family = _diskstat(
+        [
+            ("vdb", "reads", "1"),
+            ("vdb", "writes", "2"),
+            ("vda", "reads", "3"),
+            ("ram0", "writes", "4"),  # no reads line: not listed
+            ("vdb", "reads", "5"),  # a duplicate: listed once, where it first appeared
+            ("vd-c", "reads_merged", "6"),  # an item that only starts like the wanted one
+            ("reads", "reads", "7"),  # a value equal to the wanted item
+        ]
+    )
+    expected = ["vdb", "vda", "reads"]
+    assert family.label_values("disk", where=("item", "reads")) == expected
+    assert _label_values_by_index(family) == expected
+
+
+def test_label_values_falls_back_when_the_family_is_not_keyed_so() -> None:
+    body = (
+        "# TYPE kata_guest_diskstat gauge\n"
+        'kata_guest_diskstat{disk="vda",item="reads"} 1\n'
+        'kata_guest_diskstat{item="reads",disk="vdb"} 2\n'
+        'kata_guest_diskstat{disk="v\\"dc",item="reads"} 3\n'
+    )
+    family = parse(body).families["kata_guest_diskstat"]
+    assert family.label_values("disk", where=("item", "reads")) == ["vda", "vdb", 'v"dc']
+
+
+def test_label_values_of_an_unvalidated_block_skips_what_no_label_value_can_hold() -> None:
+    # Only assumed keyed (as parse_selected leaves it with validate=False): a line cut short
+    # must not give a disk name holding a line end or a quote.
+    family = Family(
+        "kata_guest_diskstat",
+        "gauge",
+        "",
+        (
+            'kata_guest_diskstat{disk="vda",item="reads"} 1\n'
+            'kata_guest_diskstat{disk="vdb\n'
+            'x",item="reads"} 2\n'
+            'kata_guest_diskstat{disk="vdc",item="reads"} 3\n',
+        ),
+        (True,),
+    )
+    family.mark_keyed(("disk", "item"))
+    assert family.label_values("disk", where=("item", "reads")) == ["vda", "vdc"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.from_regex(r"[a-z0-9_.\-]{0,6}", fullmatch=True),
+            st.sampled_from(["reads", "writes", "reads_merged", "xreads"]),
+            st.sampled_from(["0", "12", "3.5", "1e+06"]),
+        ),
+        max_size=40,
+    )
+)
+def test_label_values_agrees_with_index(lines: list[tuple[str, str, str]]) -> None:
+    family = _diskstat(lines)
+    assert family.label_values("disk", where=("item", "reads")) == _label_values_by_index(family)
+
+
 # --- Property: whatever we write, we read back --------------------------------------------------
 
 _names = st.from_regex(r"[a-z_][a-z0-9_]{0,12}", fullmatch=True).filter(
