@@ -18,6 +18,7 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
@@ -192,7 +193,9 @@ class Family:
     def label_values(self, key: str, where: tuple[str, str]) -> list[str]:
         """The values label `key` takes on the samples whose label `where[0]` is `where[1]`,
         each once, in body order: the same as the first elements of
-        `index(key, where[0], where={where[0]: (where[1],)})`, cheaper.
+        `index(key, where[0], where={where[0]: (where[1],)})`, cheaper. (In a chunk that is
+        only assumed keyed, see `parse_selected(validate=False)`, a line must also start with
+        the family's name, where `index` would take a match from the middle of a line.)
 
         Fast path for a family keyed by exactly `(key, where[0])` (the disks of a diskstat
         family, say): `split` at the text that ends each wanted line's labels runs in C, and
@@ -207,11 +210,17 @@ class Family:
         values: dict[str, None] = {}
         for chunk in self.chunks:
             pieces = ("\n" + chunk).split(wanted_end)
-            for piece in pieces[:-1]:
+            for piece, after in pairwise(pieces):
                 _, found, value = piece.rpartition(line_start)
-                # A keyed chunk's label values hold neither quotes nor line ends; checked all
-                # the same, since an unvalidated chunk (see parse_selected) is only assumed so.
-                if found and '"' not in value and "\n" not in value:
+                # What index's pattern requires. A validated chunk always has it; a chunk only
+                # assumed keyed may hold a broken line, which must give no name.
+                if (
+                    found
+                    and '"' not in value
+                    and "\\" not in value
+                    and "\n" not in value
+                    and _VALUE_ENDING_LINE.match(after)
+                ):
                     values[value] = None
         return list(values)
 
@@ -252,6 +261,7 @@ class ParsedBody:
 
 
 _PLAIN_LABEL_VALUE = r'[^"\\\n]*+'
+_VALUE_ENDING_LINE = re.compile(r"\S++\n")
 
 
 def _has_label_keys(chunk: str, name: str, keys: tuple[str, ...]) -> bool:

@@ -249,9 +249,10 @@ def test_label_values_falls_back_when_the_family_is_not_keyed_so() -> None:
     assert family.label_values("disk", where=("item", "reads")) == ["vda", "vdb", 'v"dc']
 
 
-def test_label_values_of_an_unvalidated_block_skips_what_no_label_value_can_hold() -> None:
-    # Only assumed keyed (as parse_selected leaves it with validate=False): a line cut short
-    # must not give a disk name holding a line end or a quote.
+def test_label_values_of_an_unvalidated_block_names_no_disk_from_a_broken_line() -> None:
+    # Only assumed keyed (as parse_selected leaves it with validate=False): a line cut short,
+    # a name with an escape or a quote, a value that is not the line's last word, and a line
+    # that does not start with the family's name each give no disk.
     family = Family(
         "kata_guest_diskstat",
         "gauge",
@@ -260,7 +261,13 @@ def test_label_values_of_an_unvalidated_block_skips_what_no_label_value_can_hold
             'kata_guest_diskstat{disk="vda",item="reads"} 1\n'
             'kata_guest_diskstat{disk="vdb\n'
             'x",item="reads"} 2\n'
-            'kata_guest_diskstat{disk="vdc",item="reads"} 3\n',
+            'kata_guest_diskstat{disk="a\\",item="reads"} 3\n'
+            'kata_guest_diskstat{disk="new\\nx",item="reads"} 4\n'
+            'kata_guest_diskstat{disk="stamped",item="reads"} 5 1700000000000\n'
+            'kata_guest_diskstat{disk="no_value",item="reads"} \n'
+            'kata_guest_diskstat{disk="two_spaces",item="reads"}  6\n'
+            '#kata_guest_diskstat{disk="comment",item="reads"} 7\n'
+            'kata_guest_diskstat{disk="vdc",item="reads"} 8\n',
         ),
         (True,),
     )
@@ -281,6 +288,41 @@ def test_label_values_of_an_unvalidated_block_skips_what_no_label_value_can_hold
 )
 def test_label_values_agrees_with_index(lines: list[tuple[str, str, str]]) -> None:
     family = _diskstat(lines)
+    assert family.label_values("disk", where=("item", "reads")) == _label_values_by_index(family)
+
+
+_BROKEN_READS_LINES = (
+    'kata_guest_diskstat{{disk="{}",item="reads"}} 1 1700000000000\n',
+    'kata_guest_diskstat{{disk="{}",item="reads"}} \n',
+    'kata_guest_diskstat{{disk="{}",item="reads"}}  1\n',
+    'kata_guest_diskstat{{disk="{}\\",item="reads"}} 1\n',
+    'kata_guest_diskstat{{disk="{}",item="reads"}} 1 x\n',
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.from_regex(r"[a-z0-9]{0,4}", fullmatch=True),
+            st.sampled_from(["reads", "writes"]),
+            st.integers(min_value=-1, max_value=len(_BROKEN_READS_LINES) - 1),
+        ),
+        max_size=30,
+    )
+)
+def test_label_values_of_an_unvalidated_block_agrees_with_index(
+    lines: list[tuple[str, str, int]],
+) -> None:
+    # Whatever a broken line looks like, it names the disks index would name, no more.
+    chunk = "".join(
+        _BROKEN_READS_LINES[broken].format(disk)
+        if broken >= 0
+        else f'kata_guest_diskstat{{disk="{disk}",item="{item}"}} 2\n'
+        for disk, item, broken in lines
+    )
+    family = Family("kata_guest_diskstat", "gauge", "", (chunk,) if chunk else (), (True,))
+    family.mark_keyed(("disk", "item"))
     assert family.label_values("disk", where=("item", "reads")) == _label_values_by_index(family)
 
 
