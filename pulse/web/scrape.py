@@ -27,6 +27,7 @@ from pulse.logs import get_logger
 from pulse.pipeline import cadvisor_pieces
 from pulse.snapshot import Reader, Snapshot
 from pulse.web.metrics_cache import AssemblyCache, AssemblyFailed, Body
+from pulse.web.negotiation import lists_any
 
 log = get_logger("web.scrape")
 
@@ -39,11 +40,7 @@ AsgiApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Awaitable[Non
 
 def accepts_gzip(accept_encoding: str) -> bool:
     """Whether an Accept-Encoding value (all of the request's, comma-joined) takes gzip."""
-    for part in accept_encoding.split(","):
-        coding, _, params = part.strip().partition(";")
-        if coding.strip().lower() == "gzip" and params.replace(" ", "") not in ("q=0", "q=0.0"):
-            return True
-    return False
+    return lists_any(accept_encoding, ("gzip",))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +134,7 @@ class ScrapeFastPath:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        accept_encoding = _plain_scrape(scope) if scope["type"] == "http" else None
-        if scope["type"] != "http" or accept_encoding is None:
+        if scope["type"] != "http" or (accept_encoding := _plain_scrape(scope)) is None:
             await self.inner(scope, receive, send)
             return
         reply = await cadvisor_reply(

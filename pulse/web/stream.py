@@ -31,6 +31,7 @@ from pulse.config import Config
 from pulse.ids import is_sandbox_id
 from pulse.logs import get_logger
 from pulse.snapshot import Reader, SandboxView, Snapshot
+from pulse.web.negotiation import lists_any
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
@@ -422,11 +423,7 @@ def _static(name: str) -> bytes:
 
 def prefers_html(accept: str) -> bool:
     """Whether an Accept header asks for HTML (browsers do; curl and Prometheus do not)."""
-    for part in accept.split(","):
-        media, _, params = part.strip().partition(";")
-        if media.strip().lower() in ("text/html", "application/xhtml+xml"):
-            return params.replace(" ", "") not in ("q=0", "q=0.0")
-    return False
+    return lists_any(accept, ("text/html", "application/xhtml+xml"))
 
 
 def dashboard_page() -> Response:

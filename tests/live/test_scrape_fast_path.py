@@ -297,6 +297,11 @@ async def test_a_failure_is_the_same_clear_500_on_both_paths(
         ("gzip; q=0.0", False),
         ("br,gzip", True),
         ("x-gzip", False),
+        ("gzip;q=0.00", False),
+        ("gzip; Q=0", False),
+        ("gzip;q=0.001", True),
+        ("gzip;q=0, gzip", True),
+        ("*", False),
     ],
 )
 def test_accepts_gzip(header: str, expected: bool) -> None:

@@ -158,6 +158,9 @@ def test_snapshot_and_heartbeat_messages_are_json() -> None:
         ("text/plain", False),
         ("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5", False),
         ("text/html;q=0", False),
+        ("text/html;level=1;q=0.000", False),
+        ("text/html;q=0,application/xhtml+xml", True),
+        ("text/html;q=oops", True),
     ],
 )
 def test_browsers_get_the_page(accept: str, html: bool) -> None:
