@@ -15,7 +15,6 @@ from pathlib import Path
 
 import trio
 
-from pulse.cadvisor import GuestSample
 from pulse.channels import send_promptly
 from pulse.kept import KeptBody
 from pulse.logs import get_logger
@@ -28,7 +27,7 @@ from pulse.model import (
     StopCollecting,
     SupervisorMessage,
 )
-from pulse.pipeline import digest_body
+from pulse.pipeline import BodyDigest, digest_body
 from pulse.shim_client import ShimConnection, ShimError
 
 log = get_logger("collector")
@@ -65,11 +64,12 @@ async def collect_once(
     settings: CollectorSettings,
     *,
     whole_body: bool = True,
-    previous: GuestSample | None = None,
+    previous: BodyDigest | None = None,
 ) -> ScrapeSucceeded | ScrapeFailed:
     """Fetch and digest one shim body over the collector's connection; the digest is parsed
     here, in the collector's task. `whole_body=False` parses only the guest families, and with
-    the `previous` collection's figures reads them without validating (see digest_body)."""
+    the `previous` collection's digest reads them where they were, or without validating (see
+    digest_body)."""
     started = trio.current_time()
     body: bytes | None = None
     try:
@@ -84,7 +84,13 @@ async def collect_once(
         return ScrapeFailed(
             sandbox_id, generation, time.time(), elapsed, ScrapeFailure.TIMEOUT, detail
         )
-    digest = digest_body(body, settings.disk_exclude, whole=whole_body, checked_against=previous)
+    digest = digest_body(
+        body,
+        settings.disk_exclude,
+        whole=whole_body,
+        checked_against=None if previous is None else previous.guest,
+        layout=None if previous is None else previous.layout,
+    )
     elapsed = trio.current_time() - started
     if not digest.has_samples:
         detail = digest.first_error or "no samples in the body"
@@ -112,7 +118,7 @@ async def run_collector(
     # The first collection reads only what the conversion needs, so that hundreds of sandboxes
     # found at start show up sooner; the second (at its random phase) checks the whole body.
     next_whole_check = trio.current_time() + next_delay
-    previous: GuestSample | None = None  # the last good collection's figures
+    previous: BodyDigest | None = None  # the last good collection's figures and layout
     # One connection for the collector's life, reused across collections; closed with it.
     async with ShimConnection(socket_path) as connection:
         while True:
@@ -126,7 +132,7 @@ async def run_collector(
                 previous=previous,
             )
             if isinstance(result, ScrapeSucceeded):
-                previous = result.digest.guest
+                previous = result.digest
                 if result.digest.whole:
                     clean = result.digest.malformed_lines == 0
                     next_whole_check = trio.current_time() + (

@@ -43,6 +43,8 @@ _VALUE = (
     r"|\.[0-9]++(?:[eE][+-]?[0-9]++)?"
     r"|(?i:inf(?:inity)?|nan))"
 )
+# The value grammar, for readers that match sample values themselves (cadvisor.layout).
+SAMPLE_VALUE = _VALUE
 _TOLERANT_REST = rf"(?:[ \t]*+{_LABELS})?[ \t]++{_VALUE}(?:[ \t]++-?[0-9]++)?[ \t]*+\n"
 # The shape client libraries write (no blanks around labels, one space, no timestamp, Go's or
 # Rust's number formatting) is checked first and cheaply; a line that does not have it is
@@ -554,6 +556,14 @@ def parse_selected(
             MappingProxyType({n: f for n, f in parsed.families.items() if n in shapes})
         )
     return ParsedBody(MappingProxyType(families))
+
+
+def is_plain_block(piece: str, name: str, keys: tuple[str, ...]) -> bool:
+    """Whether `piece` (a family's block after its `# HELP `, through its last newline) is
+    written as `parse_selected` reads without the full parser: a `# HELP` and a `# TYPE` line,
+    then samples that all have exactly the labels `keys`, without escapes, and a value as
+    client libraries write it."""
+    return _keyed_block(name, keys).fullmatch(piece) is not None
 
 
 @lru_cache(maxsize=64)

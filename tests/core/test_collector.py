@@ -154,6 +154,20 @@ async def test_whole_body_is_checked_at_the_second_collection_then_every_few_min
     assert all(message.digest.malformed_lines == 0 for _, message in results)
 
 
+async def test_collections_between_whole_checks_read_with_the_layout_kept(
+    sim_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    settings = CollectorSettings(interval=10.0, timeout=3.0, max_body=1 << 24)
+    digests = [
+        message.digest for _, message in await _collections(_shim(sim_dir / SID), settings, 6)
+    ]
+    assert [digest.whole for digest in digests] == [False, True, False, False, False, False]
+    # Each collection after the whole check is read with the layout that check made.
+    checked = digests[1].layout
+    assert checked is not None and all(digest.layout is checked for digest in digests[2:])
+    assert all(digest.guest == digests[0].guest for digest in digests)
+
+
 async def test_a_body_with_malformed_lines_is_checked_whole_at_every_collection(
     sim_dir: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
