@@ -79,9 +79,10 @@ def digest_body(
     With `layout` (the previous digest's), a body laid out as the one before is read where
     that one had its figures, for a third of the cost (see `pulse.cadvisor.layout`); any other
     body is read as above, and its digest carries its own layout when one can be made. One is
-    tried for a sandbox's first body, when its layout changed, and at the whole-body checks:
-    not at every collection of a body no layout fits (its guest blocks not plainly written),
-    nor of one that needs the whole parse every time.
+    tried at the whole-body checks and when the layout no longer fits: not at a sandbox's
+    first collection (making one costs more than reading the body, and at start hundreds of
+    sandboxes are collected at once), nor at every collection of a body no layout fits (its
+    guest blocks not plainly written) or that needs the whole parse every time.
     """
     text = decode(body)
     if not whole and layout is not None:
@@ -89,8 +90,7 @@ def digest_body(
         if guest is not None:
             return BodyDigest(guest, True, 0, None, whole=False, layout=layout)
     digest = _digest_text(text, disk_exclude, whole, checked_against)
-    first_or_changed = checked_against is None or layout is not None
-    if digest.malformed_lines == 0 and (whole or (first_or_changed and not digest.whole)):
+    if digest.malformed_lines == 0 and (whole or (layout is not None and not digest.whole)):
         return replace(digest, layout=GuestLayout.of(text, digest.guest))
     return digest
 
