@@ -62,6 +62,7 @@ def digest_body(
     whole: bool = True,
     checked_against: GuestSample | None = None,
     layout: GuestLayout | None = None,
+    make_layout: bool = False,
 ) -> BodyDigest:
     """Parse and keep what the conversion needs; excluded disks are not even kept.
 
@@ -78,11 +79,9 @@ def digest_body(
 
     With `layout` (the previous digest's), a body laid out as the one before is read where
     that one had its figures, for a third of the cost (see `pulse.cadvisor.layout`); any other
-    body is read as above, and its digest carries its own layout when one can be made. One is
-    tried at the whole-body checks and when the layout no longer fits: not at a sandbox's
-    first collection (making one costs more than reading the body, and at start hundreds of
-    sandboxes are collected at once), nor at every collection of a body no layout fits (its
-    guest blocks not plainly written) or that needs the whole parse every time.
+    body is read as above. With `make_layout`, a clean body read as above without the whole
+    parse gives its digest a layout of its own, if one fits. The collector asks for one after
+    each whole-body check and while its layout keeps changing (see `run_collector`).
     """
     text = decode(body)
     if not whole and layout is not None:
@@ -90,7 +89,7 @@ def digest_body(
         if guest is not None:
             return BodyDigest(guest, True, 0, None, whole=False, layout=layout)
     digest = _digest_text(text, disk_exclude, whole, checked_against)
-    if digest.malformed_lines == 0 and (whole or (layout is not None and not digest.whole)):
+    if make_layout and not digest.whole and digest.malformed_lines == 0:
         return replace(digest, layout=GuestLayout.of(text, digest.guest))
     return digest
 

@@ -16,11 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pulse.actors.collector import wants_layout
 from pulse.cadvisor import GUEST_SHAPES, GuestSample, extract_guest
 from pulse.cadvisor.convert import DEFAULT_DISK_EXCLUDE
 from pulse.cadvisor.layout import GuestLayout
 from pulse.expo.parser import parse
-from pulse.pipeline import digest_body
+from pulse.pipeline import BodyDigest, digest_body
 from pulse.sim.bodies import Flavour, SimulatedGuest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "shim"
@@ -85,7 +86,7 @@ def test_recorded_shim_bodies_read_with_the_layout_of_the_body_before(name: str)
 
 
 def test_a_digest_read_with_a_layout_keeps_it() -> None:
-    first = digest_body(body_of(Flavour.GO).encode(), DISKS, whole=True)
+    first = digest_body(body_of(Flavour.GO).encode(), DISKS, whole=False, make_layout=True)
     assert first.layout is not None
     later = body_of(Flavour.GO, NOW + 5)
     digest = digest_body(later.encode(), DISKS, whole=False, layout=first.layout)
@@ -99,11 +100,14 @@ def test_sandboxes_of_one_shape_share_their_blocks() -> None:
     assert all(a is b for a, b in zip(one.blocks, other.blocks, strict=True))
 
 
-def test_a_whole_body_check_gives_a_layout_and_a_malformed_body_none() -> None:
-    text = body_of(Flavour.GO)
-    assert digest_body(text.encode(), DISKS, whole=True).layout is not None
-    broken = text + "go_goroutines{ this line is broken\n"
-    assert digest_body(broken.encode(), DISKS, whole=True).layout is None
+def test_a_layout_is_made_when_asked_from_a_clean_body_read_without_the_whole_parse() -> None:
+    text = body_of(Flavour.GO).encode()
+    assert digest_body(text, DISKS, whole=False).layout is None
+    assert digest_body(text, DISKS, whole=False, make_layout=True).layout is not None
+    assert digest_body(text, DISKS, whole=True, make_layout=True).layout is None
+    broken = CHANGES["a read line broken"](body_of(Flavour.GO)).encode()
+    digest = digest_body(broken, DISKS, whole=False, make_layout=True)
+    assert digest.malformed_lines == 1 and digest.whole and digest.layout is None
 
 
 # --- what the conversion could read changed: declined at once ---------------------------------
@@ -309,49 +313,62 @@ def layouts_made(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_a_layout_is_made_at_whole_checks_and_when_it_no_longer_fits(
+def collections(bodies: list[str], whole_at: set[int]) -> list[BodyDigest]:
+    """Digests of `bodies` as a collector makes them, whole at the indexes in `whole_at`."""
+    digests: list[BodyDigest] = []
+    previous: BodyDigest | None = None
+    for index, text in enumerate(bodies):
+        whole = index in whole_at
+        previous = digest_body(
+            text.encode(),
+            DISKS,
+            whole=whole,
+            checked_against=None if previous is None else previous.guest,
+            layout=None if previous is None else previous.layout,
+            make_layout=wants_layout(previous),
+        )
+        digests.append(previous)
+    return digests
+
+
+def test_a_layout_is_made_after_a_whole_check_and_when_it_no_longer_fits(
     layouts_made: list[str],
 ) -> None:
-    text = body_of(Flavour.GO)
-    # Not at a sandbox's first collection: at start, hundreds come at once.
-    first = digest_body(text.encode(), DISKS, whole=False)
-    assert first.layout is None and layouts_made == []
-    checked = digest_body(text.encode(), DISKS, whole=True, checked_against=first.guest)
-    assert checked.layout is not None and len(layouts_made) == 1
-    same = digest_body(
-        text.encode(), DISKS, whole=False, checked_against=first.guest, layout=checked.layout
-    )
-    assert same.layout is checked.layout and len(layouts_made) == 1
-    changed = CHANGES["a disk plugged in"](text)
-    again = digest_body(
-        changed.encode(), DISKS, whole=False, checked_against=first.guest, layout=checked.layout
-    )
-    assert again.layout is not None and again.layout is not checked.layout
-    assert len(layouts_made) == 2 and again.layout.read(changed) == figures(changed)
+    bodies = [body_of(Flavour.GO, NOW + 5 * i) for i in range(5)]
+    bodies.append(CHANGES["a disk plugged in"](body_of(Flavour.GO, NOW + 25)))
+    bodies.append(CHANGES["a disk plugged in"](body_of(Flavour.GO, NOW + 30)))
+    digests = collections(bodies, whole_at={1})
+    # Not at the first collection (at start, hundreds come at once), nor at the whole check:
+    # at the one after it, then again when a disk came.
+    assert layouts_made == [bodies[2], bodies[5]]
+    assert [d.layout is None for d in digests[:2]] == [True, True]
+    made = digests[2].layout
+    assert made is not None and digests[3].layout is made and digests[4].layout is made
+    assert digests[5].layout is not None and digests[6].layout is digests[5].layout
+    assert all(d.guest == figures(text) for d, text in zip(digests, bodies, strict=True))
 
 
-def test_a_body_no_layout_fits_is_not_tried_again_until_the_whole_check(
+def test_a_body_no_layout_fits_is_tried_once_after_each_whole_check(
     layouts_made: list[str],
 ) -> None:
     # A timestamp on a line it reads: read the usual way, and no layout fits.
     text = re.sub(
         re.escape(MEM_FREE) + r"(\S+)", MEM_FREE + r"\1 1761003600000", body_of(Flavour.GO)
     )
-    first = digest_body(text.encode(), DISKS, whole=True)
-    assert first.layout is None and first.malformed_lines == 0 and len(layouts_made) == 1
-    for _ in range(3):
-        later = digest_body(text.encode(), DISKS, whole=False, checked_against=first.guest)
-        assert later.layout is None and later.guest == first.guest
-    assert len(layouts_made) == 1
-    digest_body(text.encode(), DISKS, whole=True, checked_against=first.guest)
-    assert len(layouts_made) == 2
+    digests = collections([text] * 9, whole_at={1, 6})
+    assert len(layouts_made) == 2  # at collections 2 and 7
+    assert all(d.layout is None and d.guest == figures(text) for d in digests)
+    # Asked for after each whole check only (the whole checks themselves make none).
+    assert [wants_layout(digest) for digest in digests] == [
+        False, True, False, False, False, False, True, False, False
+    ]  # fmt: skip
 
 
 def test_a_body_that_needs_the_whole_parse_every_time_makes_no_layout(
     layouts_made: list[str],
 ) -> None:
     crlf = body_of(Flavour.GO).replace("\n", "\r\n")
-    digest = digest_body(crlf.encode(), DISKS, whole=False)
+    digest = digest_body(crlf.encode(), DISKS, whole=False, make_layout=True)
     assert digest.whole and digest.layout is None and layouts_made == []
 
 

@@ -154,17 +154,17 @@ async def test_whole_body_is_checked_at_the_second_collection_then_every_few_min
     assert all(message.digest.malformed_lines == 0 for _, message in results)
 
 
-async def test_collections_between_whole_checks_read_with_the_layout_kept(
+async def test_collections_after_the_whole_check_read_with_the_layout_made_after_it(
     sim_dir: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     settings = CollectorSettings(interval=10.0, timeout=3.0, max_body=1 << 24)
-    digests = [
-        message.digest for _, message in await _collections(_shim(sim_dir / SID), settings, 6)
-    ]
+    results = await _collections(_shim(sim_dir / SID), settings, 6)
+    digests = [message.digest for _, message in results]
     assert [digest.whole for digest in digests] == [False, True, False, False, False, False]
-    # Each collection after the whole check is read with the layout that check made.
-    checked = digests[1].layout
-    assert checked is not None and all(digest.layout is checked for digest in digests[2:])
+    # Made at the collection after the whole check, then read with by each one after it.
+    assert digests[0].layout is None and digests[1].layout is None
+    made = digests[2].layout
+    assert made is not None and all(digest.layout is made for digest in digests[3:])
     assert all(digest.guest == digests[0].guest for digest in digests)
 
 
