@@ -64,12 +64,13 @@ _GUEST_HELP = "# HELP kata_guest_"  # what every guest family's `# HELP` line st
 _HELP = "# HELP "
 _NAME = re.compile(r"[^ \t\n]*+")
 
-# A figure's place in a GuestSample: the field, the device (nested fields only), the item.
-Target = tuple[str, str | None, str]
+# A figure's place in its GuestSample field: the device (nested fields only), the item.
+Target = tuple[str | None, str]
 
 
 @dataclass(frozen=True, slots=True)
 class BlockLayout:
+    field: str  # the GuestSample field the block's figures go to
     family: str
     pattern: re.Pattern[str]  # matches the block from its `# HELP`; a group per figure
     targets: tuple[Target, ...]  # the figure of each group
@@ -100,7 +101,7 @@ class GuestLayout:
                 if targets:
                     return None
                 continue
-            block = _block_layout(text, helps[family], family, targets)
+            block = _block_layout(text, helps[family], field_name, family, targets)
             if block is None:
                 return None
             blocks.append(block)
@@ -128,11 +129,11 @@ class GuestLayout:
         nested: dict[str, dict[str, dict[str, float]]] = {name: {} for name in _NESTED}
         figures = iter(numbers)
         for block in self.blocks:
-            for field_name, device, item in block.targets:
+            for device, item in block.targets:
                 if device is None:
-                    flat[field_name][item] = next(figures)
+                    flat[block.field][item] = next(figures)
                 else:
-                    nested[field_name].setdefault(device, {})[item] = next(figures)
+                    nested[block.field].setdefault(device, {})[item] = next(figures)
         return GuestSample(
             cpu=flat["cpu"],
             ncpu=self.ncpu,
@@ -165,7 +166,7 @@ def _next_line(text: str, start: str, at: int) -> int:
 
 
 def _block_layout(
-    text: str, help_at: int, family: str, targets: tuple[Target, ...]
+    text: str, help_at: int, field_name: str, family: str, targets: tuple[Target, ...]
 ) -> BlockLayout | None:
     end = _next_line(text, _HELP, help_at)  # the block's end: the next `# HELP` line
     if end < 0:
@@ -191,11 +192,12 @@ def _block_layout(
     # after the last one.
     gaps = tuple(b - a - 1 for a, b in pairwise((0, *numbers)))
     trailing = len(lines) - 1 - (numbers[-1] if numbers else 0)
-    return _shared_block_layout(family, tuple(starts), gaps, trailing, targets)
+    return _shared_block_layout(field_name, family, tuple(starts), gaps, trailing, targets)
 
 
 @lru_cache(maxsize=512)
 def _shared_block_layout(
+    field_name: str,
     family: str,
     starts: tuple[str, ...],
     gaps: tuple[int, ...],
@@ -210,7 +212,7 @@ def _shared_block_layout(
         parts.append(rf"{re.escape(start)}({SAMPLE_VALUE})\n")
     parts.append(_lines(trailing))
     parts.append(r"(?=# HELP |\Z)")
-    return BlockLayout(family, re.compile("".join(parts)), targets)
+    return BlockLayout(field_name, family, re.compile("".join(parts)), targets)
 
 
 def _lines(count: int) -> str:
@@ -222,18 +224,16 @@ def _lines(count: int) -> str:
 def _targets(sample: GuestSample, field_name: str) -> tuple[Target, ...]:
     if field_name in _NESTED:
         devices: dict[str, dict[str, float]] = getattr(sample, field_name)
-        return tuple(
-            (field_name, device, item) for device, items in devices.items() for item in items
-        )
+        return tuple((device, item) for device, items in devices.items() for item in items)
     figures: dict[str, float] = getattr(sample, field_name)
-    return tuple((field_name, None, item) for item in figures)
+    return tuple((None, item) for item in figures)
 
 
 @lru_cache(maxsize=4096)
 def _line_start(family: str, target: Target) -> str | None:
     """A sample line up to its value, as the plain shape writes it; None for a figure the
     family's labels cannot hold."""
-    _, device, item = target
+    device, item = target
     if family == CPU_FAMILY:
         values: tuple[str, ...] = (TOTAL_CPU, item)  # the cpu field holds the total's items
     else:
