@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -104,6 +105,37 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # After the command name: utime and stime are fields 14 and 15 of the whole line.
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Set a process's peak resident memory (VmHWM) to its current one, so that the peak read
+    next is that of what happened since; whether that was done (Linux 4.0 and later)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def sampling_rss(pid: int, samples: list[int], every: float = 0.5) -> Iterator[None]:
+    """Append a process's resident memory (KiB) to `samples` every `every` seconds meanwhile."""
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(every):
+            try:
+                samples.append(memory_kib(pid)["VmRSS"])
+            except OSError:
+                return
+
+    sampler = threading.Thread(target=sample, name="rss-sampler", daemon=True)
+    sampler.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        sampler.join()
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -376,18 +408,14 @@ def start_to_ready(agent: Agent, n: int, limit: float = 60.0) -> tuple[float, fl
     return ready_at, time.perf_counter() - agent.started
 
 
-def measure_cpu(
-    agent: Agent, fleet: Fleet, settings: Settings, rss_samples: list[int]
-) -> dict[str, object]:
+def measure_cpu(agent: Agent, fleet: Fleet, settings: Settings) -> dict[str, object]:
     per_cycle = []
     windows = []
     for _ in range(settings.repeat):
         count_before = scrape_count(agent.metrics())
         cpu_before, fleet_before = cpu_seconds(agent.pid), fleet.cpu_seconds()
         started = time.monotonic()
-        while time.monotonic() - started < settings.cpu_window:
-            time.sleep(0.5)
-            rss_samples.append(memory_kib(agent.pid)["VmRSS"])
+        time.sleep(settings.cpu_window)
         cpu_after, fleet_after = cpu_seconds(agent.pid), fleet.cpu_seconds()
         elapsed = time.monotonic() - started
         collections = scrape_count(agent.metrics()) - count_before
@@ -581,25 +609,31 @@ def run_all(settings: Settings) -> Results:
             }
             with running(agent):
                 time.sleep(settings.interval * 1.2)  # every sandbox collected at least twice
-                rss: list[int] = []
                 log("cpu per sandbox per cycle")
-                results.figures["cpu"] = measure_cpu(agent, fleet, settings, rss)
+                results.figures["cpu"] = measure_cpu(agent, fleet, settings)
                 results.figures["sizes"] = body_sizes(agent, n)
-                for encoding in ("gzip", "plain"):
-                    log(f"/metrics latency and throughput ({encoding})")
-                    results.figures[f"load_{encoding}"] = measure_load(
-                        agent, settings, work, encoding
-                    )
+                # The load phases' own peak. The start's (all sandboxes found at once) is in
+                # the rows by N, each measured on an agent of its own.
+                load_rss: list[int] = []
+                peak_since = "the load phases began" if reset_peak_rss(agent.pid) else "start"
+                with sampling_rss(agent.pid, load_rss):
+                    for encoding in ("gzip", "plain"):
+                        log(f"/metrics latency and throughput ({encoding})")
+                        results.figures[f"load_{encoding}"] = measure_load(
+                            agent, settings, work, encoding
+                        )
+                results.figures["memory_main"] = {
+                    "n": n,
+                    "rss_mib": statistics.median(load_rss or [memory_kib(agent.pid)["VmRSS"]])
+                    / 1024,
+                    "hwm_mib": memory_kib(agent.pid)["VmHWM"] / 1024,
+                    "peak_since": peak_since,
+                }
                 # Let the collections the load starved catch up: discovery is measured on an
                 # agent in its steady state, not on one draining a backlog.
                 time.sleep(settings.interval)
                 log("discovery latency")
                 results.figures["discovery"] = measure_discovery(agent, fleet, settings)
-                results.figures["memory_main"] = {
-                    "n": n,
-                    "rss_mib": statistics.median(rss) / 1024,
-                    "hwm_mib": memory_kib(agent.pid)["VmHWM"] / 1024,
-                }
             # The same load at the agent's default interval: fewer snapshot versions per second,
             # so more requests find their version's body already assembled and compressed.
             log(f"/metrics latency and throughput (gzip) at the default {DEFAULT_INTERVAL:g} s")
@@ -864,6 +898,9 @@ def render(results: Results, host: dict[str, str]) -> str:
             f"{m['body_plain']:,} B plain, {m['body_gzip']:,} B gzip"
             for m in memory
         ),
+        f"- memory at N={main_mem['n']} during the load phases (gzip, then plain): RSS every "
+        f"0.5 s, median {main_mem['rss_mib']:.1f} MiB; peak since {main_mem['peak_since']} "
+        f"{main_mem['hwm_mib']:.1f} MiB",
         "",
         "## Notes",
         "",

@@ -25,6 +25,7 @@ FIGURES = (
     "stricter: /metrics throughput vs a bare ASGI route on Hypercorn (no Quart), gzip / plain",
     "agent resident memory at N = 10 (median / peak)",
     "agent resident memory at N = 20 (median / peak)",
+    "agent resident memory at N = 20 during the load phases (median / peak)",
     "discovery latency → /sandboxes (p50 / p99)",
     "discovery latency → /metrics (p50 / p99)",
     "start to ready with 20 sandboxes present",
@@ -61,6 +62,12 @@ def test_quick_mode_reports_every_figure(tmp_path: Path) -> None:
         assert re.search(r"\d", result) and "nan" not in result, (figure, result)
     assert re.search(r"^- cpu: .+, \d+ CPUs$", report, re.MULTILINE)
     assert re.search(r"^- commit: \S+", report, re.MULTILINE)
+    # The load phases' peak is their own, not the start's.
+    assert re.search(
+        r"^- memory at N=20 during the load phases .* peak since the load phases began [\d.]+ MiB$",
+        report,
+        re.MULTILINE,
+    )
     assert re.search(r"^- date: \d{4}-\d\d-\d\d", report, re.MULTILINE)
     # The committed results are never overwritten by the quick run.
     assert (committed.read_bytes() if committed.exists() else None) == before

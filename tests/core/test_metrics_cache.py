@@ -5,6 +5,7 @@ cache's nursery."""
 from __future__ import annotations
 
 import gzip
+import io
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -447,3 +448,94 @@ async def test_compression_runs_in_a_worker_thread_a_slice_at_most_at_a_time(
     assert len(calls) >= 6 and all(thread != loop_thread for thread, _ in calls)
     assert max(size for _, size in calls) <= COMPRESS_SLICE
     assert sum(size for _, size in calls) == len(builds.expected(1, 1))
+
+
+@pytest.mark.parametrize("expected_share", [0.0, 0.25, 1.0, 4.0])
+@pytest.mark.parametrize(("plain", "gzipped"), [(True, False), (False, True), (True, True)])
+async def test_forms_are_exact_whatever_size_the_body_before_them_had(
+    expected_share: float, plain: bool, gzipped: bool
+) -> None:
+    """A build sizes its buffers from the key's body before it: a body smaller, as large, or
+    larger than that one comes out byte for byte, and the gzip form inflates to it."""
+    pieces = [b"sample_a %d\n" % i * 700 for i in range(12)]
+    wanted = b"".join(pieces)
+    like_body = b"x" * int(len(wanted) * expected_share)
+    like, _ = await metrics_cache._assemble([like_body], plain=True, gzip=False)
+    assert like is not None
+    before = Assembled(like)
+    await before.compress()
+    body, gzip_form = await metrics_cache._assemble(
+        iter(pieces), plain=plain, gzip=gzipped, like=before
+    )
+    assert body == (wanted if plain else None)
+    assert (gzip_form is not None) is gzipped
+    if gzip_form is not None:
+        assert gzip.decompress(gzip_form.with_tail(b"t 1\n")) == wanted + b"t 1\n"
+        assert gzip.decompress(gzip_form.with_tail(b"")) == wanted
+
+
+async def test_a_refresh_sizes_its_buffers_from_the_body_it_replaces(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected: list[int] = []
+    make_buffer = metrics_cache._buffer
+
+    def recording_buffer(size: int) -> io.BytesIO:
+        expected.append(size)
+        return make_buffer(size)
+
+    monkeypatch.setattr(metrics_cache, "_buffer", recording_buffer)
+    cache = AssemblyCache()
+    builds = Builds(pieces=3, piece_bytes=5000)
+    async with serving(cache):
+        first = await cache.get(_snapshot(1, 1), "k", builds, gzip=True)
+        assert expected == [0]  # nothing to go by: the gzip form grows as it comes
+        expected.clear()
+        plain = await cache.get(_snapshot(1, 1), "k", builds)
+        assert plain is first
+        await first.plain_body()  # inflated from the gzip form: no buffer of ours
+        assert expected == []
+        await trio.sleep(MAX_AGE)
+        await cache.get(_snapshot(2, 1), "k", builds, gzip=True)
+        await cache.settled()
+        refreshed = await cache.get(_snapshot(2, 1), "k", builds)
+        assert refreshed.version == 2 and refreshed is not first
+        # Both forms were asked for: each buffer is the size of the form it replaces.
+        assert sorted(expected) == sorted([len(builds.expected(1, 1)), first.gzip_size])
+        assert await refreshed.plain_body() == builds.expected(2, 1)
+
+
+async def test_a_plain_form_inflated_after_other_tails_is_the_body_alone() -> None:
+    body = b"".join(b"m %d\n" % i for i in range(5000))
+    gzip_only, gzip_form = await metrics_cache._assemble([body], plain=False, gzip=True)
+    assert gzip_only is None and gzip_form is not None
+    assembled = Assembled(None, 1, 1, 0.0, gzip_form)
+    body_start = gzip_form.response[: gzip_form.body_end]
+    for tail in (b"t 1\n", b"a longer tail 2\n"):
+        assert gzip.decompress((await assembled.gzipped(tail))[0]) == body + tail
+    assert await assembled.plain_body() == body
+    # Each new tail is one join of the compressed body and the new end of the stream.
+    (response,) = await assembled.gzipped(b"t 3\n")
+    assert response[: gzip_form.body_end] == body_start
+    assert assembled.gzip_size == len(response)
+
+
+async def test_a_new_tail_while_the_plain_form_is_inflated_does_not_cut_the_body() -> None:
+    # Lines that compress poorly, so that inflating takes several steps with checkpoints.
+    body = b"".join(b"m_%d %d\n" % (i, (i * 7919) % 100003) for i in range(40000))
+    _, gzip_form = await metrics_cache._assemble([body], plain=False, gzip=True)
+    assert gzip_form is not None and len(gzip_form.response) > 2 * metrics_cache.INFLATE_SLICE
+    assembled = Assembled(None, 1, 1, 0.0, gzip_form)
+    inflated: list[bytes] = []
+
+    async def inflate() -> None:
+        inflated.append(await assembled.plain_body())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(inflate)
+        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
+        assert not inflated  # still inflating
+        (response,) = await assembled.gzipped(b"a tail much longer than the one before\n")
+    assert inflated == [body]
+    assert gzip.decompress(response) == body + b"a tail much longer than the one before\n"
