@@ -63,6 +63,8 @@ def test_quick_mode_reports_every_figure(tmp_path: Path) -> None:
         assert re.search(r"\d", result) and "nan" not in result, (figure, result)
     assert re.search(r"^- cpu: .+, \d+ CPUs$", report, re.MULTILINE)
     assert re.search(r"^- commit: \S+", report, re.MULTILINE)
+    warm_up = r"^- CPU before the windows, the warm-up .*: [\d.]+ ms per collection over \d+ "
+    assert re.search(warm_up, report, re.MULTILINE)
     # The load phases' peak is their own, not the start's, where the kernel lets it be reset.
     since = "the load phases began" if os.access("/proc/self/clear_refs", os.W_OK) else "start"
     assert re.search(
