@@ -612,7 +612,7 @@ def run_all(settings: Settings) -> Results:
                 # The steady state: every sandbox collected three times. Its first collection
                 # reads only what the conversion needs, its second (at a random phase of the
                 # first interval) the whole body, and its third makes the layout its next ones
-                # are read with (pulse/actors/collector.py, wants_layout). Measured: 2.3 to
+                # are read with (pulse/pipeline.py, wants_layout). Measured: 2.3 to
                 # 2.5 ms a collection in the first 6 s after all are in /metrics, 1.9 in the
                 # next 6 s, 1.3 to 1.6 from then on.
                 warm_count, warm_cpu = scrape_count(agent.metrics()), cpu_seconds(agent.pid)

@@ -81,7 +81,7 @@ def digest_body(
     that one had its figures, for a third of the cost (see `pulse.cadvisor.layout`); any other
     body is read as above. With `make_layout`, a clean body read as above without the whole
     parse gives its digest a layout of its own, if one fits. The collector asks for one after
-    each whole-body check and while its layout keeps changing (see `run_collector`).
+    each whole-body check and while its layout keeps changing (see `digest_next`).
     """
     text = decode(body)
     if not whole and layout is not None:
@@ -92,6 +92,38 @@ def digest_body(
     if make_layout and not digest.whole and digest.malformed_lines == 0:
         return replace(digest, layout=GuestLayout.of(text, digest.guest))
     return digest
+
+
+def digest_next(
+    body: bytes,
+    disk_exclude: re.Pattern[str] | None,
+    *,
+    whole: bool,
+    previous: BodyDigest | None,
+) -> BodyDigest:
+    """A sandbox's body digested after its `previous` good one (None at its first): checked
+    against that one's figures, read with its layout, and given a layout when `wants_layout`."""
+    return digest_body(
+        body,
+        disk_exclude,
+        whole=whole,
+        checked_against=None if previous is None else previous.guest,
+        layout=None if previous is None else previous.layout,
+        make_layout=wants_layout(previous),
+    )
+
+
+def wants_layout(previous: BodyDigest | None) -> bool:
+    """Whether a sandbox's next digest should make a layout for the ones after it
+    (`cadvisor.layout`): right after a clean whole-body check (whose own reading, the whole
+    parse, cannot give one), and whenever the layout kept stops fitting. Not at a sandbox's
+    first collection (making one costs more than reading the body, and at start hundreds of
+    sandboxes are collected at once), nor again while no layout fits a body, until the next
+    whole-body check."""
+    if previous is None:
+        return False
+    clean_check = previous.whole and previous.malformed_lines == 0
+    return previous.layout is not None or clean_check
 
 
 def _digest_text(

@@ -27,7 +27,7 @@ from pulse.model import (
     StopCollecting,
     SupervisorMessage,
 )
-from pulse.pipeline import BodyDigest, digest_body
+from pulse.pipeline import BodyDigest, digest_next
 from pulse.shim_client import ShimConnection, ShimError
 
 log = get_logger("collector")
@@ -84,14 +84,7 @@ async def collect_once(
         return ScrapeFailed(
             sandbox_id, generation, time.time(), elapsed, ScrapeFailure.TIMEOUT, detail
         )
-    digest = digest_body(
-        body,
-        settings.disk_exclude,
-        whole=whole_body,
-        checked_against=None if previous is None else previous.guest,
-        layout=None if previous is None else previous.layout,
-        make_layout=wants_layout(previous),
-    )
+    digest = digest_next(body, settings.disk_exclude, whole=whole_body, previous=previous)
     elapsed = trio.current_time() - started
     if not digest.has_samples:
         detail = digest.first_error or "no samples in the body"
@@ -100,18 +93,6 @@ async def collect_once(
         )
     kept = KeptBody.of(body)
     return ScrapeSucceeded(sandbox_id, generation, time.time(), elapsed, kept, digest)
-
-
-def wants_layout(previous: BodyDigest | None) -> bool:
-    """Whether a collection should make a layout for the next ones (`cadvisor.layout`): right
-    after a clean whole-body check (whose own reading, the whole parse, cannot give one), and
-    whenever the layout kept stops fitting. Not at a sandbox's first collection (making one
-    costs more than reading the body, and at start hundreds of sandboxes are collected at
-    once), nor again while no layout fits a body, until the next whole-body check."""
-    if previous is None:
-        return False
-    clean_check = previous.whole and previous.malformed_lines == 0
-    return previous.layout is not None or clean_check
 
 
 async def run_collector(

@@ -16,12 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pulse.actors.collector import wants_layout
 from pulse.cadvisor import GUEST_SHAPES, GuestSample, extract_guest
 from pulse.cadvisor.convert import DEFAULT_DISK_EXCLUDE
 from pulse.cadvisor.layout import GuestLayout
 from pulse.expo.parser import parse
-from pulse.pipeline import BodyDigest, digest_body
+from pulse.pipeline import BodyDigest, digest_body, digest_next, wants_layout
 from pulse.sim.bodies import Flavour, SimulatedGuest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "shim"
@@ -319,14 +318,7 @@ def collections(bodies: list[str], whole_at: set[int]) -> list[BodyDigest]:
     previous: BodyDigest | None = None
     for index, text in enumerate(bodies):
         whole = index in whole_at
-        previous = digest_body(
-            text.encode(),
-            DISKS,
-            whole=whole,
-            checked_against=None if previous is None else previous.guest,
-            layout=None if previous is None else previous.layout,
-            make_layout=wants_layout(previous),
-        )
+        previous = digest_next(text.encode(), DISKS, whole=whole, previous=previous)
         digests.append(previous)
     return digests
 
