@@ -16,7 +16,8 @@ as client libraries write them), so each figure has exactly one line a parse wou
 from. What a layout proves about the body it reads, or it declines (None) and the body is read
 the usual way, which gives a new layout:
 - the same guest families have a block each (a block runs from its `# HELP` line to the next
-  `# HELP` line or the end of the body), and none of them has two before the last is found;
+  `# HELP` line or the end of the body), and none of them has two after the earliest of them
+  (they are searched for from the end of the body back, until every one is found);
 - in each block, the figures are on the same lines, which start with the same metric name and
   label text as before and end in a value of the exposition format's grammar, then the line's
   end;
@@ -24,7 +25,7 @@ the usual way, which gives a new layout:
   network interface or disk that comes or goes adds or removes lines: noticed at once.
 What it does not see: a line changed in place into another that a parse would read a figure
 from (a disk replaced by a new one on the very same lines, or a line of another shape with a
-figure's labels), a guest sample outside its family's block, or a block written twice after
+figure's labels), a guest sample outside its family's block, or a block written twice before
 all guest blocks. The collector's whole-body check (`WHOLE_BODY_CHECK_EVERY`) reads every body
 the usual way now and then, and its layout replaces this one.
 """
@@ -61,6 +62,7 @@ _FIELDS = (
 _NESTED = frozenset({"netdev", "diskstat"})
 _GUEST_FAMILIES = frozenset(family for _, family in _FIELDS)
 _GUEST_HELP = "# HELP kata_guest_"  # what every guest family's `# HELP` line starts with
+_GUEST_HELP_LINE = "\n" + _GUEST_HELP
 _HELP = "# HELP "
 _NAME = re.compile(r"[^ \t\n]*+")
 
@@ -146,16 +148,27 @@ class GuestLayout:
 
 
 def _help_positions(text: str) -> dict[str, int] | None:
-    """Where each guest family's `# HELP` line starts; None when a family has two. Stops once
-    every guest family is found."""
+    """Where each guest family's `# HELP` line starts; None when a family has two. Searched
+    from the end of the body back, and stops once every guest family is found.
+
+    Why backwards: CPython's forward search tests each place for the needle's last character,
+    here an underscore, which metric names are full of; the reverse search tests for its
+    first, the newline, once a line. Over a 93 kB body that is 11 µs instead of 27.
+    """
     positions: dict[str, int] = {}
-    at = 0 if text.startswith(_GUEST_HELP) else _next_line(text, _GUEST_HELP, 0)
-    while at >= 0 and len(positions) < len(_GUEST_FAMILIES):
+    end = len(text)
+    while len(positions) < len(_GUEST_FAMILIES) and end > 0:
+        found = text.rfind(_GUEST_HELP_LINE, 0, end)
+        if found >= 0:
+            at, end = found + 1, found
+        elif text.startswith(_GUEST_HELP):
+            at = end = 0
+        else:
+            break
         name = _NAME.match(text, at + len(_HELP))
         assert name is not None  # it matches the empty string too
         if name[0] in _GUEST_FAMILIES and positions.setdefault(name[0], at) != at:
             return None
-        at = _next_line(text, _GUEST_HELP, name.end())
     return positions
 
 

@@ -32,13 +32,17 @@ def format_value(value: float) -> str:
             return str(int(value))  # also "0" for -0, as expfmt does
         if -_EXACT_INTEGER_LIMIT < value < _EXACT_INTEGER_LIMIT:
             # Byte counts and the like: below 1e15 an integral float's decimal digits are
-            # exactly its shortest round-trip digits, so no repr needs taking apart.
-            whole = str(int(value)).lstrip("-")
-            digits = whole.rstrip("0")
-            mantissa = f"{digits[0]}.{digits[1:]}" if len(digits) > 1 else digits
-            return f"{'-' if value < 0 else ''}{mantissa}e+{len(whole) - 1:02d}"
+            # exactly its shortest round-trip digits, so %e asked for all its significant
+            # digits writes Go's text (exponent signed, two digits at least).
+            significant = len(str(int(abs(value))).rstrip("0"))
+            return f"{value:.{significant - 1}e}"
     elif 1e-4 <= value < _INTEGER_DIGITS_LIMIT or -_INTEGER_DIGITS_LIMIT < value <= -1e-4:
         return repr(value)  # Python's repr is Go's shortest %g in this range
+    return _format_any(value)
+
+
+def _format_any(value: float) -> str:
+    """format_value without its shortcuts: from the shortest round-trip digits of repr."""
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):

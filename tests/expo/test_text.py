@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from pulse.expo.parser import parse
 from pulse.expo.text import (
+    _format_any,
     assemble,
     escape_help,
     escape_label_value,
@@ -63,6 +64,19 @@ def test_format_value(value: float, text: str) -> None:
 @given(st.floats(allow_nan=False))
 def test_formatted_values_round_trip(value: float) -> None:
     assert float(format_value(value)) == value or value == 0
+
+
+@given(
+    st.one_of(
+        st.integers(-(10**15), 10**15),
+        st.builds(lambda d, e: d * 10**e, st.integers(-999, 999), st.integers(0, 15)),
+    ).map(float)
+)
+def test_large_integral_values_are_formatted_as_by_the_general_path(value: float) -> None:
+    # The shortcut for byte counts and the like (integral, 1e6 and above) against the path
+    # every other value takes.
+    if abs(value) >= 1e6:
+        assert format_value(value) == _format_any(value)
 
 
 def test_escaping() -> None:
