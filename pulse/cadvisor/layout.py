@@ -16,8 +16,7 @@ as client libraries write them), so each figure has exactly one line a parse wou
 from. What a layout proves about the body it reads, or it declines (None) and the body is read
 the usual way, which gives a new layout:
 - the same guest families have a block each (a block runs from its `# HELP` line to the next
-  `# HELP` line or the end of the body), and none of them has two after the earliest of them
-  (they are searched for from the end of the body back, until every one is found);
+  `# HELP` line or the end of the body), and none of them has two;
 - in each block, the figures are on the same lines, which start with the same metric name and
   label text as before and end in a value of the exposition format's grammar, then the line's
   end;
@@ -25,9 +24,9 @@ the usual way, which gives a new layout:
   network interface or disk that comes or goes adds or removes lines: noticed at once.
 What it does not see: a line changed in place into another that a parse would read a figure
 from (a disk replaced by a new one on the very same lines, or a line of another shape with a
-figure's labels), a guest sample outside its family's block, or a block written twice before
-all guest blocks. The collector's whole-body check (`WHOLE_BODY_CHECK_EVERY`) reads every body
-the usual way now and then, and its layout replaces this one.
+figure's labels), or a guest sample outside its family's block. The collector's whole-body
+check (`WHOLE_BODY_CHECK_EVERY`) reads every body the usual way now and then, and its layout
+replaces this one.
 """
 
 from __future__ import annotations
@@ -148,16 +147,18 @@ class GuestLayout:
 
 
 def _help_positions(text: str) -> dict[str, int] | None:
-    """Where each guest family's `# HELP` line starts; None when a family has two. Searched
-    from the end of the body back, and stops once every guest family is found.
+    """Where each guest family's `# HELP` line starts; None when a family has two.
 
-    Why backwards: CPython's forward search tests each place for the needle's last character,
-    here an underscore, which metric names are full of; the reverse search tests for its
-    first, the newline, once a line. Over a 93 kB body that is 11 µs instead of 27.
+    The whole body is searched, from its end back: CPython's forward search tests each place
+    for the needle's last character, here an underscore, which metric names are full of; the
+    reverse search tests for its first, the newline, once a line. Over a 93 kB body that is
+    11 µs instead of 27, so no search needs to stop early: a family written twice is seen
+    wherever its second block is, and a parse (which keeps a series' first sample) and this
+    layout never read different blocks.
     """
     positions: dict[str, int] = {}
     end = len(text)
-    while len(positions) < len(_GUEST_FAMILIES) and end > 0:
+    while end > 0:
         found = text.rfind(_GUEST_HELP_LINE, 0, end)
         if found >= 0:
             at, end = found + 1, found

@@ -140,19 +140,12 @@ CHANGES = {
     "a read line broken": lambda t: t.replace(MEM_FREE, 'kata_guest_meminfo{item="mem_free} '),
     "a read line relabelled": lambda t: t.replace(MEM_FREE, MEM_FREE.replace("free", "freed")),
     "a family gone": lambda t: without_block(t, "kata_guest_tasks"),
-    # Seen when the second block comes after the earliest guest block (they are searched for
-    # from the end back): here right before the last one in the body.
-    "a family written twice": lambda t: before_the_last_guest_block(
-        t,
+    "a family written twice": lambda t: t.replace(
+        "# HELP kata_guest_cpu_time ",
         "# HELP kata_guest_tasks again\n# TYPE kata_guest_tasks gauge\n"
-        'kata_guest_tasks{item="extra"} 1\n',
+        'kata_guest_tasks{item="extra"} 1\n# HELP kata_guest_cpu_time ',
     ),
 }
-
-
-def before_the_last_guest_block(text: str, block: str) -> str:
-    at = text.rindex("# HELP kata_guest_")
-    return text[:at] + block + text[at:]
 
 
 @pytest.mark.parametrize("flavour", [Flavour.GO, Flavour.RUST])
@@ -436,14 +429,22 @@ def test_any_edit_reads_as_a_parse_or_is_declined(
     assert _same_figures(usual.guest, parsed)
 
 
-def test_a_block_written_twice_before_every_guest_block_is_left_to_the_whole_body_check() -> None:
-    # The documented blind spot: the search from the end back stops at the earliest guest
-    # block, so an earlier second block goes unseen until a whole-body check reads the body.
+@pytest.mark.parametrize("where", ["before every guest block", "among them", "after them"])
+def test_a_family_written_twice_is_declined_wherever_its_second_block_is(where: str) -> None:
+    # The second block has the very lines of the first, other values: only the search for the
+    # guest blocks can tell. A parse keeps each series' first sample; a layout that read the
+    # other block would give other figures.
     text = body_of(Flavour.GO, NOW + 5)
-    first_guest = text.index("# HELP kata_guest_")
-    extra = (
-        "# HELP kata_guest_tasks again\n# TYPE kata_guest_tasks gauge\n"
-        'kata_guest_tasks{item="x"} 1\n'
-    )
-    twice = text[:first_guest] + extra + text[first_guest:]
-    assert layout_of(body_of(Flavour.GO)).read(twice) == figures(text)
+    tasks = next(b for b in text.split("\n# HELP ") if b.startswith("kata_guest_tasks "))
+    second = re.sub(r"} \S+\n", "} 999\n", "# HELP " + tasks + "\n")
+    assert second.count(" 999\n") == 2
+    at = {
+        "before every guest block": text.index("# HELP kata_guest_"),
+        "among them": text.rindex("# HELP kata_guest_"),
+        "after them": len(text),
+    }[where]
+    twice = text[:at] + second + text[at:]
+    layout = layout_of(body_of(Flavour.GO))
+    assert layout.read(text) == figures(text)
+    assert layout.read(twice) is None
+    read_the_usual_way(twice, layout)

@@ -1,4 +1,4 @@
-"""The per-sandbox memo of label texts: the same lines as without it, and bounded."""
+"""The per-sandbox memo of label texts: the same lines whatever it holds, and bounded."""
 
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ def lines(texts: LabelTexts) -> dict[str, bytes]:
     return dict(writer.block())
 
 
-def test_a_memo_gives_the_lines_written_without_it_and_is_reused() -> None:
+def test_a_memo_carried_over_gives_the_lines_of_a_fresh_one_from_the_texts_it_holds() -> None:
     texts = LabelTexts()
     first = lines(texts)
     assert len(texts) == 2  # one per row and extras, shared by families; none for omitted
+    held = dict(texts)
     assert lines(texts) == first == lines(LabelTexts())
+    assert all(texts[key] is text for key, text in held.items())  # reused, not made again
     assert first[CPU_USAGE] == (
         b'container_cpu_usage_seconds_total{container="app",cpu="total",id="/kubepods/pod1/c1",'
         b'image="nginx:1.27",name="c1",namespace="shop",pod="web \\"1\\""} 12.5 1700000000000\n'
