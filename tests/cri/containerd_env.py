@@ -235,6 +235,7 @@ def running_containerd() -> Iterator[Containerd]:
         raise ContainerdUnavailable("containerd needs root")
     # Unix socket paths are limited to 107 bytes: keep the base short.
     base = Path(tempfile.mkdtemp(prefix="kp-ctrd-", dir="/tmp"))
+    made_by_shims = [d for d in SHIM_SOCKET_DIRS if not d.exists()]
     try:
         for sub in ("cni-bin", "cni-conf"):
             (base / sub).mkdir()
@@ -264,6 +265,19 @@ def running_containerd() -> Iterator[Containerd]:
     finally:
         _unmount_below(base)
         shutil.rmtree(base, ignore_errors=True)
+        _remove_empty(made_by_shims)
+
+
+# The runc shim puts its sockets under /run/containerd/s whatever containerd's own paths are.
+SHIM_SOCKET_DIRS = (Path("/run/containerd/s"), Path("/run/containerd"))
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove the directories the test's shims made (deepest first), if they are empty: a
+    containerd of the machine's own may have started using them meanwhile."""
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def _unmount_below(base: Path) -> None:
